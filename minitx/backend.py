@@ -1,0 +1,107 @@
+"""Which kernels run: the Cython extension `minitx_c` or its NumPy twins.
+
+Every kernel has a readable NumPy reference (in `minitx.kernels`, `minitx.attention`, ...) and a
+Cython twin of the same name and signature in `minitx_c`. `TWINS` maps each kernel name to the
+module holding its reference. Callers ask `kernel(name)` and get the function of the active
+backend.
+
+The active backend is chosen once at import:
+  - `MINITX_PURE=1` (or `MINITX_BACKEND=numpy`) selects NumPy;
+  - otherwise "c" if `minitx_c` imports, else NumPy with a one-line notice on stderr.
+`set_backend(name)` and the context manager `using(name)` change it at run time (tests use them to
+run one suite over both backends).
+"""
+import contextlib
+import importlib
+import os
+import sys
+
+# kernel name -> module of its NumPy reference. The Cython twin is `minitx_c.<name>`.
+TWINS = {
+    "softmax_lastdim": "minitx.kernels.fused",
+    "layer_norm_forward": "minitx.kernels.fused",
+    "layer_norm_backward": "minitx.kernels.fused",
+}
+
+_C = None              # the imported minitx_c module, or None
+_C_ERROR = None        # why minitx_c is unavailable
+_active = "numpy"
+_cache = {}
+
+
+def _init():
+    global _C, _C_ERROR, _active
+    wanted = os.environ.get("MINITX_BACKEND", "").strip().lower()
+    if os.environ.get("MINITX_PURE", "") not in ("", "0"):
+        wanted = "numpy"
+    if wanted not in ("", "c", "numpy"):
+        raise ValueError(f"MINITX_BACKEND must be 'c' or 'numpy', got {wanted!r}")
+    try:
+        _C = importlib.import_module("minitx_c")
+    except ImportError as e:
+        _C_ERROR = str(e)
+    if wanted == "numpy":
+        _active = "numpy"
+        print("minitx: MINITX_PURE set, using the NumPy reference kernels", file=sys.stderr)
+    elif _C is not None:
+        _active = "c"
+    else:
+        _active = "numpy"
+        print(f"minitx: Cython extension unavailable ({_C_ERROR}); using the NumPy reference "
+              "kernels", file=sys.stderr)
+
+
+def c_available():
+    """True if the Cython extension `minitx_c` imported."""
+    return _C is not None
+
+
+def available():
+    """Backends that can run here: always "numpy", plus "c" when the extension is built."""
+    return ["numpy", "c"] if _C is not None else ["numpy"]
+
+
+def active():
+    """Name of the active backend: "c" or "numpy"."""
+    return _active
+
+
+def set_backend(name):
+    """Select the backend ("c" or "numpy") for all later kernel calls."""
+    global _active
+    if name not in ("c", "numpy"):
+        raise ValueError(f"backend must be 'c' or 'numpy', got {name!r}")
+    if name == "c" and _C is None:
+        raise RuntimeError(f"the Cython backend is not available: {_C_ERROR}")
+    _active = name
+    _cache.clear()
+
+
+@contextlib.contextmanager
+def using(name):
+    """Context manager: run the enclosed code on backend `name`, then restore the previous one."""
+    previous = _active
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(previous)
+
+
+def reference(name):
+    """The NumPy reference implementation of kernel `name`."""
+    if name not in TWINS:
+        raise KeyError(f"unknown kernel {name!r}; known: {sorted(TWINS)}")
+    return getattr(importlib.import_module(TWINS[name]), name)
+
+
+def kernel(name):
+    """The implementation of kernel `name` on the active backend."""
+    fn = _cache.get(name)
+    if fn is None:
+        fn = getattr(_C, name) if _active == "c" else reference(name)
+        _cache[name] = fn
+    return fn
+
+
+_init()

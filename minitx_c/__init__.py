@@ -1,0 +1,7 @@
+"""minitx_c: Cython kernels mirroring minitx's NumPy references, name for name.
+
+Import through `minitx.backend`, which falls back to NumPy when this extension is missing or
+MINITX_PURE=1 is set. Each name below has a NumPy twin listed in `minitx.backend.TWINS`.
+"""
+from minitx_c.runtime import get_num_threads, have_openmp, set_num_threads
+from minitx_c.fused import layer_norm_backward, layer_norm_forward, softmax_lastdim
