@@ -1,0 +1,56 @@
+"""Input validation shared by the attention kernels (NumPy and, mirrored, Cython).
+
+Every kernel takes the canonical 4-D layout: q (B, Hq, Nq, d), k and v (B, Hkv, Nk, d) with
+Hq a multiple of Hkv (MQA/GQA), and an optional additive bias (Bb, Hb, Nq, Nk), Bb in {1, B},
+Hb in {1, Hq}. Errors name the offending argument and value before any work starts.
+"""
+import numpy as np
+
+
+def check_array(name, a, ndim, dtype=None):
+    """Raise TypeError/ValueError unless `a` is a float32/float64 ndarray with `ndim` dims."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype != np.float32 and a.dtype != np.float64:
+        raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
+    if dtype is not None and a.dtype != dtype:
+        raise TypeError(f"{name} has dtype {a.dtype} but q has dtype {dtype}")
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dims, got shape {a.shape}")
+
+
+def check_qkv(q, k, v, bias, scale, Br=None, Bc=None):
+    """Validate kernel inputs; return (B, Hq, Hkv, Nq, Nk, d, scale) with scale resolved.
+
+    Args:
+        q: (B, Hq, Nq, d); k, v: (B, Hkv, Nk, d); bias: None or (Bb, Hb, Nq, Nk);
+        scale: None (1/sqrt(d)) or a positive float; Br, Bc: block sizes (ints >= 1) or None.
+    """
+    check_array("q", q, 4)
+    check_array("k", k, 4, q.dtype)
+    check_array("v", v, 4, q.dtype)
+    B, Hq, Nq, d = q.shape
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got {k.shape} and {v.shape}")
+    if k.shape[0] != B or k.shape[3] != d:
+        raise ValueError(f"k must be (B={B}, Hkv, Nk, d={d}), got {k.shape}")
+    Hkv, Nk = k.shape[1], k.shape[2]
+    if min(B, Hq, Nq, d, Hkv, Nk) < 1:
+        raise ValueError(f"empty attention input: q {q.shape}, k {k.shape}")
+    if Hq % Hkv != 0:
+        raise ValueError(f"query heads ({Hq}) must be a multiple of key/value heads ({Hkv})")
+    if bias is not None:
+        check_array("bias", bias, 4, q.dtype)
+        Bb, Hb = bias.shape[:2]
+        if Bb not in (1, B) or Hb not in (1, Hq) or bias.shape[2:] != (Nq, Nk):
+            raise ValueError(f"bias must be (1 or {B}, 1 or {Hq}, {Nq}, {Nk}), got {bias.shape}")
+    if scale is None:
+        scale = 1.0 / np.sqrt(d)
+    scale = float(scale)
+    if not np.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale must be a positive finite float, got {scale}")
+    for name, b in (("Br", Br), ("Bc", Bc)):
+        if b is not None and (isinstance(b, bool) or not isinstance(b, (int, np.integer))
+                              or b < 1):
+            raise ValueError(f"block size {name} must be an int >= 1, got {b!r}")
+    return B, Hq, Hkv, Nq, Nk, d, scale

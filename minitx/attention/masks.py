@@ -1,0 +1,117 @@
+"""Which query may look at which key: causal and sliding-window masks, tile classification,
+and turning a user's `attn_mask` into the additive bias every implementation consumes.
+
+Conventions (shared by naive, flash1, flash2 and the Cython kernel):
+  - Query row i (0 <= i < Nq) sits at key position i + (Nk - Nq): the causal mask is aligned to
+    the bottom-right corner, as in flash-attn >= 2.1, so that a KV-cache decoding step
+    (Nq = 1, Nk = past + 1) sees every key. (PyTorch's `is_causal` aligns top-left instead; the two
+    agree when Nq == Nk.)
+  - A window (left, right) lets row i see keys j with
+        i + off - left <= j <= i + off + right,      off = Nk - Nq,
+    where -1 means "unbounded" on that side (flash-attn's `window_size` convention).
+    `is_causal=True` is the window (-1, 0); combined with a window it caps `right` at 0.
+  - `bias` is additive, shape (Bb, Hb, Nq, Nk) with Bb in {1, B} and Hb in {1, Hq}; -inf masks.
+  - A row with no allowed key (fully masked) produces zeros and logsumexp L = +inf.
+"""
+import numpy as np
+
+
+def resolve_window(is_causal, window):
+    """Fold `is_causal` and `window` into one (left, right) pair, -1 meaning unbounded.
+
+    Args:
+        is_causal: bool.
+        window: None or a pair (left, right) of ints >= 0, or -1 / None for unbounded.
+    Returns:
+        (left, right): two Python ints, each -1 or >= 0.
+    """
+    if window is None:
+        left, right = -1, -1
+    else:
+        if not isinstance(window, (tuple, list)) or len(window) != 2:
+            raise ValueError(f"window must be None or a pair (left, right), got {window!r}")
+        left, right = (-1 if w is None else w for w in window)
+        for name, w in (("left", left), ("right", right)):
+            if isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < -1:
+                raise ValueError(f"window {name} must be an int >= 0 or -1/None (unbounded), "
+                                 f"got {w!r}")
+        left, right = int(left), int(right)
+    if is_causal:
+        right = 0 if right < 0 else min(right, 0)
+    return left, right
+
+
+def allowed(rows, cols, Nq, Nk, left, right):
+    """Boolean mask of allowed (query, key) pairs.
+
+    Args:
+        rows: (R,) int query indices; cols: (C,) int key indices.
+        Nq, Nk: sequence lengths; left, right: window from `resolve_window`.
+    Returns:
+        (R, C) bool: True where row may attend to col (and both are in range).
+    """
+    pos = rows[:, None] + (Nk - Nq)                          # (R, 1) key position of each query
+    ok = (rows[:, None] < Nq) & (cols[None, :] < Nk)         # (R, C)
+    if left >= 0:
+        ok = ok & (cols[None, :] >= pos - left)
+    if right >= 0:
+        ok = ok & (cols[None, :] <= pos + right)
+    return ok
+
+
+def tile_kind(r0, r1, c0, c1, Nq, Nk, left, right):
+    """Classify the tile rows [r0, r1) x cols [c0, c1) for block skipping.
+
+    Returns:
+        "skip" if no pair in the tile is allowed (the tile is never computed), "full" if every
+        pair is allowed (no per-element mask needed), else "partial".
+    """
+    off = Nk - Nq
+    if right >= 0 and c0 > r1 - 1 + off + right:     # every column right of the last row's band
+        return "skip"
+    if left >= 0 and c1 - 1 < r0 + off - left:       # every column left of the first row's band
+        return "skip"
+    if r1 > Nq or c1 > Nk:
+        return "partial"
+    if right >= 0 and c1 - 1 > r0 + off + right:
+        return "partial"
+    if left >= 0 and c0 < r1 - 1 + off - left:
+        return "partial"
+    return "full"
+
+
+def mask_to_bias(attn_mask, batch_shape, Hq, Nq, Nk, dtype):
+    """Turn a PyTorch-style `attn_mask` into the additive bias the kernels take.
+
+    Args:
+        attn_mask: None; a bool array (True = may attend, PyTorch's meaning) or a float array
+            added to the scores, broadcastable to batch_shape + (Hq, Nq, Nk).
+        batch_shape: the query's leading dims before (Hq, Nq, d), a tuple.
+        Hq, Nq, Nk: heads and sequence lengths; dtype: float dtype of the result.
+    Returns:
+        None, or an additive bias (Bb, Hb, Nq, Nk) with Bb in {1, prod(batch_shape)}, Hb in {1, Hq}
+        (-inf where a bool mask is False); singleton dims are kept small, never broadcast out.
+    """
+    if attn_mask is None:
+        return None
+    m = np.asarray(attn_mask)
+    if m.dtype != np.bool_ and not np.issubdtype(m.dtype, np.floating):
+        raise TypeError(f"attn_mask must be bool or floating point, got {m.dtype}")
+    full = tuple(batch_shape) + (Hq, Nq, Nk)
+    try:
+        np.broadcast_shapes(m.shape, full)
+    except ValueError:
+        raise ValueError(f"attn_mask of shape {m.shape} does not broadcast to {full}") from None
+    if m.ndim > len(full) or np.broadcast_shapes(m.shape, full) != full:
+        raise ValueError(f"attn_mask of shape {m.shape} does not broadcast to {full}")
+    m = m.reshape((1,) * (len(full) - m.ndim) + m.shape)       # same ndim as `full`
+    B = int(np.prod(batch_shape, dtype=np.int64))
+    Bb = 1 if all(s == 1 for s in m.shape[:-3]) else B
+    Hb = m.shape[-3]
+    m = np.broadcast_to(m, (batch_shape if Bb > 1 else (1,) * len(batch_shape)) + (Hb, Nq, Nk))
+    m = m.reshape(Bb, Hb, Nq, Nk)                               # (Bb, Hb, Nq, Nk)
+    if m.dtype == np.bool_:
+        bias = np.zeros(m.shape, dtype=dtype)
+        bias[~m] = -np.inf
+        return bias
+    return np.ascontiguousarray(m, dtype=dtype)

@@ -1,0 +1,370 @@
+"""Neural-network functions with hand-written backward passes (`import minitx.nn.functional as F`).
+
+Each fused op is a `Function` whose forward and backward stand together; names and arguments
+follow `torch.nn.functional`. Row-wise kernels (softmax, LayerNorm) dispatch through
+`minitx.backend` to the Cython twins when they are built.
+
+References: GELU, Hendrycks & Gimpel 2016 (arXiv 1606.08415); RMSNorm, Zhang & Sennrich 2019
+(arXiv 1910.07467); SiLU/Swish, Ramachandran et al. 2017 (arXiv 1710.05941); dropout,
+Srivastava et al. 2014 (JMLR 15).
+"""
+import math
+
+import numpy as np
+
+from minitx import backend
+from minitx.autograd import Function, Tensor, _as_array
+from minitx import random as _random
+
+
+# ============================== linear and embedding =========================================
+class _Linear(Function):
+    """y = x W^T + b, with x (..., in), W (out, in), b (out,)."""
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        y = backend.matmul(x, weight.T)                           # (..., out)
+        if bias is not None:
+            y += bias
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight = ctx.saved_tensors
+        g2 = g.reshape(-1, g.shape[-1])                           # (N, out)
+        gx = backend.matmul(g, weight) if ctx.needs_input_grad[0] else None     # (..., in)
+        gw = backend.matmul(g2.T, x.reshape(-1, x.shape[-1])) if ctx.needs_input_grad[1] else None
+        gb = g2.sum(axis=0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return gx, gw, gb
+
+
+def linear(input, weight, bias=None):
+    """Affine map y = input @ weight.T + bias.
+
+    Args:
+        input: (..., in_features); weight: (out_features, in_features); bias: (out_features,).
+    Returns:
+        (..., out_features).
+    """
+    if input.shape[-1] != weight.shape[-1]:
+        raise ValueError(f"linear: input has {input.shape[-1]} features, weight expects "
+                         f"{weight.shape[-1]} (weight shape {weight.shape})")
+    return _Linear.apply(input, weight, bias)
+
+
+class _Embedding(Function):
+    @staticmethod
+    def forward(ctx, idx, weight):
+        ctx.idx, ctx.shape = idx, weight.shape
+        return weight[idx]                                        # (..., D)
+
+    @staticmethod
+    def backward(ctx, g):
+        gw = np.zeros(ctx.shape, dtype=g.dtype)                   # (V, D)
+        np.add.at(gw, ctx.idx.reshape(-1), g.reshape(-1, ctx.shape[1]))
+        return None, gw
+
+
+def embedding(input, weight):
+    """Look up rows of `weight` (V, D) at integer ids `input` (...). Returns (..., D)."""
+    idx = _as_array(input)
+    if not np.issubdtype(idx.dtype, np.integer):
+        raise TypeError(f"embedding ids must be integers, got dtype {idx.dtype}")
+    V = weight.shape[0]
+    if idx.size and (idx.min() < 0 or idx.max() >= V):
+        raise ValueError(f"embedding id out of range: ids span [{idx.min()}, {idx.max()}] but "
+                         f"the table has {V} rows")
+    return _Embedding.apply(idx, weight)
+
+
+# ============================== softmax family ===============================================
+def _softmax_array(x, dim):
+    if dim in (-1, x.ndim - 1):
+        return backend.kernel("softmax_lastdim")(x)
+    return np.moveaxis(backend.kernel("softmax_lastdim")(np.moveaxis(x, dim, -1)), -1, dim)
+
+
+class _Softmax(Function):
+    @staticmethod
+    def forward(ctx, x, dim):
+        y = _softmax_array(x, dim)
+        ctx.save_for_backward(y)
+        ctx.dim = dim
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors                  # dx = y * (g - sum(g * y))
+        return y * (g - (g * y).sum(axis=ctx.dim, keepdims=True))
+
+
+def softmax(input, dim=-1):
+    """exp(x - max) / sum(exp(x - max)) along `dim`; same shape as input."""
+    return _Softmax.apply(input, dim)
+
+
+def _log_softmax_array(x, dim):
+    m = x.max(axis=dim, keepdims=True)
+    shifted = x - m
+    return shifted - np.log(np.exp(shifted).sum(axis=dim, keepdims=True))
+
+
+class _LogSoftmax(Function):
+    @staticmethod
+    def forward(ctx, x, dim):
+        y = _log_softmax_array(x, dim)
+        ctx.save_for_backward(y)
+        ctx.dim = dim
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors                  # dx = g - softmax * sum(g)
+        return g - np.exp(y) * g.sum(axis=ctx.dim, keepdims=True)
+
+
+def log_softmax(input, dim=-1):
+    """x - logsumexp(x) along `dim`, computed stably."""
+    return _LogSoftmax.apply(input, dim)
+
+
+class _CrossEntropy(Function):
+    """Fused log_softmax + negative log likelihood over class dim 1 of (N, C) logits."""
+    @staticmethod
+    def forward(ctx, logits, target, ignore_index, reduction):
+        logp = _log_softmax_array(logits, 1)                                 # (N, C)
+        keep = target != ignore_index                                        # (N,)
+        safe = np.where(keep, target, 0)
+        nll = -np.take_along_axis(logp, safe[:, None], axis=1)[:, 0] * keep  # (N,)
+        count = max(int(keep.sum()), 1)
+        ctx.save_for_backward(logp, safe, keep)
+        ctx.reduction, ctx.count = reduction, count
+        if reduction == "none":
+            return nll.astype(logits.dtype)
+        total = nll.sum(dtype=np.float64)
+        out = total / count if reduction == "mean" else total
+        if keep.sum() == 0 and reduction == "mean":
+            out = np.nan                                                     # as PyTorch
+        return np.asarray(out, dtype=logits.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        logp, safe, keep = ctx.saved_tensors
+        grad = np.exp(logp)                                   # softmax, (N, C)
+        grad[np.arange(len(safe)), safe] -= 1                 # softmax - onehot
+        grad *= keep[:, None]
+        if ctx.reduction == "none":
+            grad *= g[:, None]
+        else:
+            grad *= g / ctx.count if ctx.reduction == "mean" else g
+        return grad, None, None, None
+
+
+def cross_entropy(input, target, ignore_index=-100, reduction="mean"):
+    """Cross-entropy between logits and integer class targets (torch.nn.functional.cross_entropy).
+
+    Args:
+        input: (N, C) or (C,) logits, or (N, C, d1, ...) with classes on dim 1.
+        target: (N,) / () / (N, d1, ...) integer class ids in [0, C), or `ignore_index`.
+        reduction: "mean" (over non-ignored targets), "sum" or "none".
+    Returns:
+        scalar Tensor, or (N, ...) for reduction="none".
+    """
+    t = _as_array(target)
+    if not np.issubdtype(t.dtype, np.integer):
+        raise TypeError(f"cross_entropy target must be integer class ids, got {t.dtype}")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if input.ndim == 1:
+        input, t = input.reshape(1, -1), t.reshape(1)
+    elif input.ndim > 2:                                      # classes on dim 1 -> last
+        perm = (0,) + tuple(range(2, input.ndim)) + (1,)
+        rest = t.shape
+        input, t = input.permute(perm).reshape(-1, input.shape[1]), t.reshape(-1)
+        out = cross_entropy(input, t, ignore_index, reduction)
+        return out.reshape(rest) if reduction == "none" else out
+    if t.shape != (input.shape[0],):
+        raise ValueError(f"cross_entropy target shape {t.shape} does not match input "
+                         f"{input.shape}: expected ({input.shape[0]},)")
+    C = input.shape[1]
+    valid = t[t != ignore_index]
+    if valid.size and (valid.min() < 0 or valid.max() >= C):
+        raise ValueError(f"cross_entropy target out of range: ids span [{valid.min()}, "
+                         f"{valid.max()}] but there are {C} classes")
+    return _CrossEntropy.apply(input, t, ignore_index, reduction)
+
+
+# ============================== normalisation ================================================
+class _LayerNorm(Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        y, mean, rstd = backend.kernel("layer_norm_forward")(x, weight, bias, eps)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight, mean, rstd = ctx.saved_tensors
+        dx, dw, db = backend.kernel("layer_norm_backward")(g, x, weight, mean, rstd)
+        return dx, dw, (db if ctx.has_bias else None), None
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """LayerNorm over the last dim (Ba et al. 2016): (x - mean) / sqrt(var + eps) * w + b.
+
+    Args:
+        input: (..., C); normalized_shape: (C,) or C; weight, bias: (C,) or None.
+    """
+    C = normalized_shape if isinstance(normalized_shape, int) else tuple(normalized_shape)[-1]
+    if isinstance(normalized_shape, (tuple, list)) and len(normalized_shape) != 1:
+        raise ValueError(f"layer_norm supports normalising the last dim only, got "
+                         f"normalized_shape {normalized_shape}")
+    if input.shape[-1] != C:
+        raise ValueError(f"layer_norm: input last dim {input.shape[-1]} != normalized_shape {C}")
+    return _LayerNorm.apply(input, weight, bias, eps)
+
+
+class _RMSNorm(Function):
+    """y = x / sqrt(mean(x^2) + eps) * w (Zhang & Sennrich 2019, eq. 4)."""
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        rrms = 1.0 / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps)    # (..., 1)
+        xhat = x * rrms                                                      # (..., C)
+        ctx.save_for_backward(xhat, rrms, weight)
+        return xhat * weight if weight is not None else xhat
+
+    @staticmethod
+    def backward(ctx, g):
+        xhat, rrms, weight = ctx.saved_tensors
+        gx = g * weight if weight is not None else g                         # dL/dxhat
+        dx = rrms * (gx - xhat * (gx * xhat).mean(axis=-1, keepdims=True))
+        dw = None
+        if weight is not None and ctx.needs_input_grad[1]:
+            dw = (g * xhat).reshape(-1, xhat.shape[-1]).sum(axis=0)
+        return dx, dw, None
+
+
+def rms_norm(input, normalized_shape, weight=None, eps=1e-6):
+    """RMSNorm over the last dim: x / sqrt(mean(x^2) + eps) * weight. input (..., C)."""
+    C = normalized_shape if isinstance(normalized_shape, int) else tuple(normalized_shape)[-1]
+    if input.shape[-1] != C:
+        raise ValueError(f"rms_norm: input last dim {input.shape[-1]} != normalized_shape {C}")
+    return _RMSNorm.apply(input, weight, eps)
+
+
+# ============================== activations ==================================================
+def _erf(x):
+    """erf elementwise: exact (math.erf) in float64; in float32 the Chebyshev-fitted erfc of
+    Numerical Recipes (2nd ed., sec. 6.2, fractional error < 1.2e-7, below float32 epsilon)."""
+    if x.dtype == np.float64:
+        return _erf64(x)
+    z = np.abs(x)
+    t = 1.0 / (1.0 + 0.5 * z)
+    poly = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (
+        -0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (
+            -0.82215223 + t * 0.17087277))))))))
+    erfc = t * np.exp(-z * z + poly)
+    return np.where(x >= 0, 1.0 - erfc, erfc - 1.0).astype(x.dtype)
+
+
+_math_erf = np.frompyfunc(math.erf, 1, 1)
+
+
+def _erf64(x):
+    return _math_erf(x).astype(np.float64)
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+class _Gelu(Function):
+    @staticmethod
+    def forward(ctx, x, approximate):
+        ctx.save_for_backward(x)
+        ctx.approximate = approximate
+        if approximate == "tanh":       # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+            return 0.5 * x * (1 + np.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x ** 3)))
+        return 0.5 * x * (1 + _erf(x / math.sqrt(2)))          # x * Phi(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        if ctx.approximate == "tanh":
+            u = _SQRT_2_OVER_PI * (x + 0.044715 * x ** 3)
+            th = np.tanh(u)
+            du = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)
+            return g * (0.5 * (1 + th) + 0.5 * x * (1 - th * th) * du)
+        cdf = 0.5 * (1 + _erf(x / math.sqrt(2)))
+        pdf = np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+        return (g * (cdf + x * pdf)).astype(x.dtype, copy=False)
+
+
+def gelu(input, approximate="none"):
+    """GELU(x) = x * Phi(x); approximate="tanh" uses GPT-2's tanh formula."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu approximate must be 'none' or 'tanh', got {approximate!r}")
+    return _Gelu.apply(input, approximate)
+
+
+class _Silu(Function):
+    @staticmethod
+    def forward(ctx, x):
+        s = 1.0 / (1.0 + np.exp(-x))
+        ctx.save_for_backward(x, s)
+        return x * s
+
+    @staticmethod
+    def backward(ctx, g):
+        x, s = ctx.saved_tensors
+        return g * s * (1 + x * (1 - s))
+
+
+def silu(input):
+    """SiLU(x) = x * sigmoid(x)."""
+    return _Silu.apply(input)
+
+
+def relu(input):
+    return input.relu()
+
+
+class _Dropout(Function):
+    @staticmethod
+    def forward(ctx, x, mask, scale):
+        ctx.mask, ctx.scale = mask, scale
+        return x * mask * scale
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * ctx.mask * ctx.scale, None, None
+
+
+def dropout(input, p=0.5, training=True, generator=None):
+    """Zero each element with probability p and scale the rest by 1/(1-p) (inverted dropout).
+
+    Args:
+        generator: numpy Generator; defaults to minitx's global one (`minitx.manual_seed`).
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1], got {p}")
+    if not training or p == 0.0:
+        return input
+    if p == 1.0:
+        return input * 0.0
+    rng = generator if generator is not None else _random.generator()
+    mask = (rng.random(input.shape) >= p).astype(input.dtype)
+    return _Dropout.apply(input, mask, np.asarray(1.0 / (1.0 - p), dtype=input.dtype))
+
+
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
+                                 is_causal=False, scale=None, enable_gqa=False, impl="naive",
+                                 window=None):
+    """softmax(q k^T * scale + mask) v, PyTorch's signature plus `impl` and `window`.
+
+    See `minitx.attention.scaled_dot_product_attention` for the implementations.
+    """
+    from minitx.attention import scaled_dot_product_attention as sdpa
+    return sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
+                is_causal=is_causal, scale=scale, enable_gqa=enable_gqa, impl=impl,
+                window=window)
