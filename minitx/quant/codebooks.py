@@ -121,7 +121,7 @@ def quantize_codebook(w, codebook="nf4", block_size=64, double_quant=False):
     if double_quant:
         arrays.update(double_quantize(c.reshape(-1)))
         c = double_dequantize(arrays).reshape(R, G)                    # quantize against c_hat
-        c = np.where(c > 0, c, np.abs(Wg).max(axis=-1) + 1e-12)
+        c = np.where(c != 0, c, 1.0)     # a block whose c_hat is 0 dequantizes to 0 anyway
     else:
         arrays["absmax"] = c
     # Dividing by the reconstructed c keeps w / c within [-1, 1] up to the dq error; clip the rest.

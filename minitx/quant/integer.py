@@ -29,6 +29,12 @@ def qrange(bits, symmetric):
     return 0, 2 ** bits - 1
 
 
+def code_offset(bits, symmetric):
+    """Offset added to x_int before packing: offset binary 2^(b-1) when symmetric (the int4
+    kernel layout: nibble = q + 8), 0 when asymmetric (codes already unsigned)."""
+    return 2 ** (bits - 1) if symmetric else 0
+
+
 def scale_zero(lo, hi, bits, symmetric):
     """Scale s and zero point z for the range [lo, hi] (arrays of any matching shape).
 
@@ -72,7 +78,7 @@ class IntQuantized(QuantizedTensor):
     """Uniform integer quantized tensor.
 
     Stored arrays:
-        codes: uint8 (R, ceil(G*g*bits/8)) packed unsigned codes (x_int - q_min); for symmetric
+        codes: uint8 (R, ceil(G*g*bits/8)) packed unsigned codes x_int + code_offset; for symmetric
             int8 the plain int8 codes (R, G*g) instead, the format the int8 kernels read.
         scale: float32 (R, G).
         zero_point: uint8 (R, G), asymmetric only.
@@ -85,9 +91,8 @@ class IntQuantized(QuantizedTensor):
         R, G, g = m["rows"], m["groups"], m["group"]
         if m["bits"] == 8 and m["symmetric"]:
             return self.arrays["codes"].astype(np.int32).reshape(R, G, g)
-        q_min, _ = qrange(m["bits"], m["symmetric"])
         u = unpack(self.arrays["codes"], G * g, m["bits"]).astype(np.int32)
-        return (u + q_min).reshape(R, G, g)
+        return (u - code_offset(m["bits"], m["symmetric"])).reshape(R, G, g)
 
     def dequantize(self):
         s = self.arrays["scale"][..., None]                              # (R, G, 1)
@@ -137,7 +142,7 @@ def quantize_int(w, bits=8, symmetric=True, granularity="channel", group_size=No
     if bits == 8 and symmetric:
         codes = q.reshape(R, G * g).astype(np.int8)
     else:
-        codes = pack((q - qrange(bits, symmetric)[0]).reshape(R, G * g), bits)
+        codes = pack((q + code_offset(bits, symmetric)).reshape(R, G * g), bits)
     arrays = {"codes": codes, "scale": s[..., 0]}
     if not symmetric:
         arrays["zero_point"] = z[..., 0].astype(np.uint8)
