@@ -23,6 +23,7 @@ TWINS = {
     "softmax_lastdim": "minitx.kernels.fused",
     "layer_norm_forward": "minitx.kernels.fused",
     "layer_norm_backward": "minitx.kernels.fused",
+    "matmul": "minitx.kernels.gemm",
 }
 
 _C = None              # the imported minitx_c module, or None

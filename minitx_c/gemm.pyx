@@ -1,0 +1,384 @@
+# cython: boundscheck=False, cdivision=True, initializedcheck=False
+# wraparound stays on at module level: the def wrappers index Python tuples with -1.
+# Each nogil kernel turns it off with @cython.wraparound(False).
+"""Cython twin of `minitx/kernels/gemm.py`: a BLIS-style float32 matrix product.
+
+Same five loops, names and block sizes as the NumPy reference (read that file first):
+
+    for jc in range(0, N, NC):            5th loop: NC-wide column panel of B and C
+      for pc in range(0, K, KC):          4th loop: KC-deep slice; pack B[pc:, jc:] -> Bp
+        for ic in prange(0, M, MC):       3rd loop (OpenMP): pack A[ic:, pc:] -> Ap
+          for jr in range(0, nc, NR):     2nd loop: one NR-wide micro-panel of Bp (stays in L1)
+            for ir in range(0, mc, MR):   1st loop: one MR-tall micro-panel of Ap (from L2)
+              micro-kernel: C[ir:ir+MR, jr:jr+NR] += Ap_panel @ Bp_panel   (registers)
+
+The micro-kernel (AVX2 + FMA intrinsics with a scalar fallback) is in `gemm_kernel.h`.
+Goto & van de Geijn 2008, "Anatomy of High-Performance Matrix Multiplication" (ACM TOMS 34:3);
+Van Zee & van de Geijn 2015, "BLIS: A Framework for Rapidly Instantiating BLAS Functionality".
+"""
+cimport cython
+import numpy as np
+cimport numpy as cnp
+from cython.parallel cimport prange
+from minitx_c.omp cimport mtx_get_max_threads, mtx_get_thread_num
+
+cnp.import_array()
+
+cdef extern from "gemm_kernel.h" nogil:
+    int MTX_MR
+    int MTX_NR
+    const char *mtx_gemm_isa()
+    void *mtx_aligned_malloc(size_t nbytes)
+    void mtx_aligned_free(void *p)
+    void mtx_sgemm_ukernel(Py_ssize_t kc, const float *a, const float *b, float *c,
+                           Py_ssize_t rs_c, int beta)
+
+# Block sizes for AMD Zen 3 / Intel Haswell-class cores (32 KiB L1d, 512 KiB L2): a KC x NR
+# micro-panel of B (16 KiB) stays in L1, an MC x KC block of A (144 KiB) in L2, a KC x NC
+# panel of B (4 MiB) in L3. MR x NR = 6 x 16 fills 12 of the 16 AVX registers with C.
+# (A C enum, so the compiler sees constants and unrolls the packing loops.)
+cdef enum:
+    MR = 6
+    NR = 16
+    MC = 144
+    KC = 256
+    NC = 4080
+# Below this many multiply-adds one thread is faster than waking a second one.
+cdef Py_ssize_t PARALLEL_MIN_MACS = 1 << 18
+if MTX_MR != MR or MTX_NR != NR:
+    raise ImportError(f"gemm_kernel.h tile {MTX_MR}x{MTX_NR} differs from gemm.pyx {MR}x{NR}")
+
+
+def gemm_config():
+    """Block sizes and instruction set this build uses: dict(MR, NR, MC, KC, NC, isa)."""
+    return dict(MR=MTX_MR, NR=MTX_NR, MC=MC, KC=KC, NC=NC, isa=mtx_gemm_isa().decode())
+
+
+# ---------------------------------------------------------------------------------- packing
+@cython.wraparound(False)
+cdef void _pack_a(Py_ssize_t mc, Py_ssize_t kc, const float *A, Py_ssize_t rs_a,
+                  Py_ssize_t cs_a, float *Ap) noexcept nogil:
+    """Ap[ir*kc + p*MR + i] = A[ir + i, p]: MR-tall micro-panels, zero-padded at the edge."""
+    cdef Py_ssize_t ip, ir, mr, p, i
+    cdef float *dst
+    cdef const float *src
+    for ip in range((mc + MR - 1) // MR):
+        ir = ip * MR
+        mr = min(MR, mc - ir)
+        dst = Ap + ir * kc
+        src = A + ir * rs_a
+        if mr == MR and cs_a == 1:                  # rows of A contiguous (C order)
+            for p in range(kc):
+                for i in range(6):
+                    dst[p * 6 + i] = src[i * rs_a + p]
+        elif mr == MR and rs_a == 1:                # columns contiguous (Fortran order, A^T)
+            for p in range(kc):
+                for i in range(6):
+                    dst[p * 6 + i] = src[i + p * cs_a]
+        else:                                       # any strides, or the last, short panel
+            for p in range(kc):
+                for i in range(MR):
+                    dst[p * MR + i] = src[i * rs_a + p * cs_a] if i < mr else 0
+
+
+@cython.wraparound(False)
+cdef void _pack_b(Py_ssize_t kc, Py_ssize_t nc, const float *B, Py_ssize_t rs_b,
+                  Py_ssize_t cs_b, float *Bp, bint threaded) noexcept nogil:
+    """Bp[jr*kc + p*NR + j] = B[p, jr + j]: NR-wide micro-panels, zero-padded at the edge."""
+    cdef Py_ssize_t jp, jr, nr, p, j
+    cdef float *dst
+    cdef const float *src
+    for jp in prange((nc + NR - 1) // NR, schedule="static", use_threads_if=threaded):
+        jr = jp * NR
+        nr = min(NR, nc - jr)
+        dst = Bp + jr * kc
+        src = B + jr * cs_b
+        if nr == NR and cs_b == 1:                  # rows of B contiguous (C order)
+            for p in range(kc):
+                for j in range(16):
+                    dst[p * 16 + j] = src[p * rs_b + j]
+        elif nr == NR and rs_b == 1:                # columns contiguous (B is a transposed view)
+            for j in range(16):
+                for p in range(kc):
+                    dst[p * 16 + j] = src[j * cs_b + p]
+        else:
+            for p in range(kc):
+                for j in range(NR):
+                    dst[p * NR + j] = src[p * rs_b + j * cs_b] if j < nr else 0
+
+
+# ------------------------------------------------------------------------ the loop nest
+@cython.wraparound(False)
+cdef void _macro_kernel(Py_ssize_t mc, Py_ssize_t nc, Py_ssize_t kc, const float *Ap,
+                        const float *Bp, float *C, Py_ssize_t rs_c, Py_ssize_t cs_c,
+                        int beta) noexcept nogil:
+    """Loops 2 and 1: C[0:mc, 0:nc] (+)= Ap @ Bp, one MR x NR tile at a time."""
+    cdef Py_ssize_t jp, jr, ip, ir, nr, mr, i, j
+    cdef float tile[6 * 16]                          # edge tiles are computed here first
+    cdef float *c
+    for jp in range((nc + NR - 1) // NR):                      # 2nd loop
+        jr = jp * NR
+        nr = min(NR, nc - jr)
+        for ip in range((mc + MR - 1) // MR):                  # 1st loop
+            ir = ip * MR
+            mr = min(MR, mc - ir)
+            c = C + ir * rs_c + jr * cs_c
+            if mr == MR and nr == NR and cs_c == 1:
+                mtx_sgemm_ukernel(kc, Ap + ir * kc, Bp + jr * kc, c, rs_c, beta)
+            else:
+                mtx_sgemm_ukernel(kc, Ap + ir * kc, Bp + jr * kc, tile, NR, 0)
+                for i in range(mr):
+                    for j in range(nr):
+                        if beta:
+                            c[i * rs_c + j * cs_c] += tile[i * NR + j]
+                        else:
+                            c[i * rs_c + j * cs_c] = tile[i * NR + j]
+
+
+@cython.wraparound(False)
+cdef void _gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
+                const float *A, Py_ssize_t rs_a, Py_ssize_t cs_a,
+                const float *B, Py_ssize_t rs_b, Py_ssize_t cs_b,
+                float *C, Py_ssize_t rs_c, Py_ssize_t cs_c, bint accumulate,
+                Py_ssize_t mc_blk, int nthreads, float *Bp, float *Ap_all) noexcept nogil:
+    """C (+)= A @ B for one (M, K) x (K, N) problem, strides in elements. K >= 1.
+
+    mc_blk: rows of A per block of the 3rd loop (a multiple of MR, at most MC, chosen so the
+    blocks split evenly over `nthreads`); Ap_all holds one MC x KC buffer per thread.
+    """
+    cdef Py_ssize_t jb, jc, nc, pb, pc, kc, blk, ic, mc, n_blk = (M + mc_blk - 1) // mc_blk
+    cdef int beta
+    cdef float *Ap
+    cdef bint threaded = nthreads > 1
+    for jb in range((N + NC - 1) // NC):                                   # 5th loop
+        jc = jb * NC
+        nc = min(NC, N - jc)
+        for pb in range((K + KC - 1) // KC):                               # 4th loop
+            pc = pb * KC
+            kc = min(KC, K - pc)
+            _pack_b(kc, nc, B + pc * rs_b + jc * cs_b, rs_b, cs_b, Bp, threaded)
+            beta = 1 if (accumulate or pc > 0) else 0
+            for blk in prange(n_blk, schedule="static", use_threads_if=threaded,
+                              num_threads=nthreads):             # 3rd loop, in parallel
+                ic = blk * mc_blk
+                mc = min(mc_blk, M - ic)
+                Ap = Ap_all + (mtx_get_thread_num() if threaded else 0) * mc_blk * KC
+                _pack_a(mc, kc, A + ic * rs_a + pc * cs_a, rs_a, cs_a, Ap)
+                _macro_kernel(mc, nc, kc, Ap, Bp, C + ic * rs_c + jc * cs_c, rs_c, cs_c, beta)
+
+
+@cython.wraparound(False)
+cdef void _gemm_batched(Py_ssize_t L, const Py_ssize_t *off_a, const Py_ssize_t *off_b,
+                        const Py_ssize_t *off_c, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
+                        const float *A, Py_ssize_t rs_a, Py_ssize_t cs_a,
+                        const float *B, Py_ssize_t rs_b, Py_ssize_t cs_b,
+                        float *C, Py_ssize_t rs_c, Py_ssize_t cs_c, bint accumulate,
+                        Py_ssize_t mc_blk, int nthreads, bint batch_parallel, float *Bp_all,
+                        Py_ssize_t bp_size, float *Ap_all, Py_ssize_t ap_size) noexcept nogil:
+    """L independent products C[l] (+)= A[l] @ B[l], the l-th starting at element offsets
+    off_a[l], off_b[l], off_c[l]. Threads split the batch (each matrix serial) when the
+    matrices are small, else each product is threaded on its own."""
+    cdef Py_ssize_t l
+    cdef int t
+    if batch_parallel:
+        for l in prange(L, schedule="static", num_threads=nthreads):
+            t = mtx_get_thread_num()
+            _gemm(M, N, K, A + off_a[l], rs_a, cs_a, B + off_b[l], rs_b, cs_b,
+                  C + off_c[l], rs_c, cs_c, accumulate, mc_blk, 1,
+                  Bp_all + t * bp_size, Ap_all + t * ap_size)
+    else:
+        for l in range(L):
+            _gemm(M, N, K, A + off_a[l], rs_a, cs_a, B + off_b[l], rs_b, cs_b,
+                  C + off_c[l], rs_c, cs_c, accumulate, mc_blk, nthreads, Bp_all, Ap_all)
+
+
+# ------------------------------------------------------------------------ Python wrapper
+cdef inline Py_ssize_t _round_up(Py_ssize_t x, Py_ssize_t m) noexcept nogil:
+    return (x + m - 1) // m * m
+
+
+cdef Py_ssize_t _mc_block(Py_ssize_t M, int nthreads) noexcept nogil:
+    """Rows per 3rd-loop block: at most MC, a multiple of MR, splitting M evenly over threads."""
+    cdef Py_ssize_t n_blk = (M + MC - 1) // MC
+    n_blk = _round_up(n_blk, nthreads)
+    return min(<Py_ssize_t>MC, _round_up((M + n_blk - 1) // n_blk, MR))
+
+
+cdef int _run(Py_ssize_t L, cnp.ndarray off_a, cnp.ndarray off_b, cnp.ndarray off_c,
+              Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
+              const float *A, Py_ssize_t rs_a, Py_ssize_t cs_a,
+              const float *B, Py_ssize_t rs_b, Py_ssize_t cs_b,
+              float *C, Py_ssize_t rs_c, Py_ssize_t cs_c, bint accumulate) except -1:
+    """Pick threads and block sizes, allocate the packing buffers, run without the GIL."""
+    cdef const float *T
+    cdef Py_ssize_t s, mc_blk, bp_size, ap_size, kc_max
+    cdef int nthreads = mtx_get_max_threads(), nbuf
+    cdef bint batch_parallel = False
+    cdef float *Bp
+    cdef float *Ap
+    cdef const Py_ssize_t *pa = <const Py_ssize_t *>cnp.PyArray_DATA(off_a)
+    cdef const Py_ssize_t *pb = <const Py_ssize_t *>cnp.PyArray_DATA(off_b)
+    cdef const Py_ssize_t *pc = <const Py_ssize_t *>cnp.PyArray_DATA(off_c)
+    if cs_c != 1 and rs_c == 1:
+        # C is column-major: compute C^T = B^T @ A^T so the micro-kernel writes rows of C^T.
+        M, N = N, M
+        T = A; A = B; B = T
+        s = rs_a; rs_a = cs_b; cs_b = s
+        s = cs_a; cs_a = rs_b; rs_b = s
+        rs_a, cs_a, rs_b, cs_b = rs_a, cs_a, rs_b, cs_b
+        s = rs_c; rs_c = cs_c; cs_c = s
+        pa, pb = pb, pa
+    if L * M * N * K < PARALLEL_MIN_MACS:
+        nthreads = 1
+    if nthreads > 1 and L >= nthreads and M * N * K < (1 << 22):
+        batch_parallel = True
+    mc_blk = _mc_block(M, 1 if batch_parallel else nthreads)
+    kc_max = min(<Py_ssize_t>KC, K)
+    nbuf = nthreads if batch_parallel else 1
+    bp_size = kc_max * _round_up(min(<Py_ssize_t>NC, N), NR)
+    ap_size = nthreads * mc_blk * KC if not batch_parallel else mc_blk * KC
+    Bp = <float *>mtx_aligned_malloc(nbuf * bp_size * sizeof(float))
+    Ap = <float *>mtx_aligned_malloc(nbuf * ap_size * sizeof(float))
+    if Bp == NULL or Ap == NULL:
+        mtx_aligned_free(Bp)
+        mtx_aligned_free(Ap)
+        raise MemoryError(f"matmul: cannot allocate packing buffers for {M}x{K} @ {K}x{N}")
+    with nogil:
+        _gemm_batched(L, pa, pb, pc, M, N, K, A, rs_a, cs_a, B, rs_b, cs_b, C, rs_c, cs_c,
+                      accumulate, mc_blk, nthreads, batch_parallel, Bp, bp_size, Ap, ap_size)
+    mtx_aligned_free(Bp)
+    mtx_aligned_free(Ap)
+    return 0
+
+
+cdef cnp.ndarray _ZERO_OFF = np.zeros(1, dtype=np.intp)
+
+
+def _check_operand(name, x):
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"matmul: {name} must be a numpy.ndarray, got {type(x).__name__}")
+    if x.dtype != np.float32:
+        raise TypeError(f"matmul: {name} must be float32, got {x.dtype} "
+                        "(use np.matmul for other dtypes)")
+    if x.ndim < 1:
+        raise ValueError(f"matmul: {name} must have at least 1 dimension, got a scalar")
+
+
+def _usable_strides(x):
+    """x itself if its strides are whole elements, else a C-contiguous copy."""
+    return x if all(s % 4 == 0 for s in x.strides) else np.ascontiguousarray(x)
+
+
+def _batch_offsets(x, lead):
+    """Element offset of each of the prod(lead) matrices of x broadcast to lead + x.shape[-2:]."""
+    xb = np.broadcast_to(x, lead + x.shape[-2:])
+    off = np.zeros(lead, dtype=np.intp)
+    for d in range(len(lead)):
+        shape = [1] * len(lead)
+        shape[d] = lead[d]
+        off = off + (np.arange(lead[d], dtype=np.intp) * (xb.strides[d] // 4)).reshape(shape)
+    return np.ascontiguousarray(off.reshape(-1))
+
+
+def matmul(a, b, out=None, accumulate=False):
+    """Matrix product with np.matmul semantics, float32, on the BLIS-style kernel.
+
+    Args:
+        a: (..., M, K) float32, or (K,) (treated as one row, dim dropped from the result).
+        b: (..., K, N) float32, or (K,) (one column, dim dropped). Leading dims broadcast.
+            Any strides: C order, Fortran order, transposed or sliced views.
+        out: optional writable float32 array of the result's shape, written in place.
+        accumulate: if True, out += a @ b (out required) instead of out = a @ b.
+    Returns:
+        (..., M, N) float32 (`out` itself when given).
+    """
+    cdef cnp.ndarray A, B, C
+    cdef Py_ssize_t M, N, K
+    # Fast path: two 2-D float32 arrays, fresh output. Keeps the call overhead of small
+    # products below np.matmul's.
+    if (out is None and not accumulate and isinstance(a, cnp.ndarray)
+            and isinstance(b, cnp.ndarray)):
+        A = <cnp.ndarray>a
+        B = <cnp.ndarray>b
+        if (cnp.PyArray_NDIM(A) == 2 and cnp.PyArray_NDIM(B) == 2
+                and cnp.PyArray_TYPE(A) == cnp.NPY_FLOAT32
+                and cnp.PyArray_TYPE(B) == cnp.NPY_FLOAT32
+                and A.shape[1] == B.shape[0] and A.shape[1] > 0
+                and A.strides[0] % 4 == 0 and A.strides[1] % 4 == 0
+                and B.strides[0] % 4 == 0 and B.strides[1] % 4 == 0):
+            M = A.shape[0]
+            K = A.shape[1]
+            N = B.shape[1]
+            C = cnp.PyArray_EMPTY(2, [M, N], cnp.NPY_FLOAT32, 0)
+            if M > 0 and N > 0:
+                _run(1, _ZERO_OFF, _ZERO_OFF, _ZERO_OFF, M, N, K,
+                     <const float *>cnp.PyArray_DATA(A), A.strides[0] // 4, A.strides[1] // 4,
+                     <const float *>cnp.PyArray_DATA(B), B.strides[0] // 4, B.strides[1] // 4,
+                     <float *>cnp.PyArray_DATA(C), N, 1, False)
+            return C
+    return _matmul_general(a, b, out, bool(accumulate))
+
+
+def _matmul_general(a, b, out, bint accumulate):
+    cdef cnp.ndarray A, B, C, oa, ob, oc
+    cdef Py_ssize_t M, N, K, L
+    _check_operand("a", a)
+    _check_operand("b", b)
+    a_vec, b_vec = a.ndim == 1, b.ndim == 1
+    a2 = a[None, :] if a_vec else a                              # (..., M, K)
+    b2 = b[:, None] if b_vec else b                              # (..., K, N)
+    if a2.shape[-1] != b2.shape[-2]:
+        raise ValueError(f"matmul: inner dims differ: a {a.shape} @ b {b.shape}")
+    try:
+        lead = tuple(np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2]))
+    except ValueError:
+        raise ValueError(f"matmul: batch dims do not broadcast: a {a.shape} @ b {b.shape}")
+    M, K, N = a2.shape[-2], a2.shape[-1], b2.shape[-1]
+    shape = lead + (M, N)                                        # full (..., M, N)
+    result_shape = lead + ((M,) if not a_vec else ()) + ((N,) if not b_vec else ())
+    if accumulate and out is None:
+        raise ValueError("matmul: accumulate=True needs an `out` array to accumulate into")
+    if out is not None:
+        if not isinstance(out, np.ndarray) or out.dtype != np.float32:
+            raise TypeError(f"matmul: out must be a float32 ndarray, got "
+                            f"{getattr(out, 'dtype', type(out).__name__)}")
+        if out.shape != result_shape:
+            raise ValueError(f"matmul: out has shape {out.shape}, expected {result_shape}")
+        if not out.flags.writeable:
+            raise ValueError("matmul: out is read-only")
+        if np.may_share_memory(out, a) or np.may_share_memory(out, b):
+            tmp = _matmul_general(a, b, None, False)             # out aliases an input
+            if accumulate:
+                out += tmp
+            else:
+                out[...] = tmp
+            return out
+        C = out.reshape(shape) if out.ndim != len(shape) else out
+        if C.ndim == len(shape) and not np.may_share_memory(C, out):
+            raise ValueError("matmul: internal error, out view copied")   # pragma: no cover
+        result = out
+    else:
+        C = np.empty(shape, dtype=np.float32)
+        result = C.reshape(result_shape)
+    if M == 0 or N == 0 or C.size == 0:
+        return result
+    if K == 0:
+        if not accumulate:
+            C[...] = 0
+        return result
+    A = _usable_strides(a2)
+    B = _usable_strides(b2)
+    L = 1
+    for n in lead:
+        L *= n
+    if L == 1:
+        oa = ob = oc = _ZERO_OFF
+        As, Bs, Cs = (<object>A).strides[-2:], (<object>B).strides[-2:], (<object>C).strides[-2:]
+    else:
+        oa, ob, oc = _batch_offsets(A, lead), _batch_offsets(B, lead), _batch_offsets(C, lead)
+        As, Bs, Cs = (<object>A).strides[-2:], (<object>B).strides[-2:], (<object>C).strides[-2:]
+    _run(L, oa, ob, oc, M, N, K,
+         <const float *>cnp.PyArray_DATA(A), As[0] // 4, As[1] // 4,
+         <const float *>cnp.PyArray_DATA(B), Bs[0] // 4, Bs[1] // 4,
+         <float *>cnp.PyArray_DATA(C), Cs[0] // 4, Cs[1] // 4, accumulate)
+    return result
