@@ -24,6 +24,9 @@ TWINS = {
     "layer_norm_forward": "minitx.kernels.fused",
     "layer_norm_backward": "minitx.kernels.fused",
     "matmul": "minitx.kernels.gemm",
+    "matmul_int8": "minitx.kernels.int8",
+    "linear_w8": "minitx.kernels.int8",
+    "linear_w4": "minitx.kernels.int8",
 }
 
 _C = None              # the imported minitx_c module, or None

@@ -185,4 +185,70 @@ static inline void mtx_i8gemm_ukernel(ptrdiff_t kp, const int16_t *restrict a,
 #endif
 }
 
+/* ---------------------------------------------------------------- weight-only dot products */
+/* sum_k x[k] * w[k] for float32 x and int8 w (one row of a quantized Linear weight). */
+static inline float mtx_dot_f32_i8(const float *restrict x, const int8_t *restrict w, ptrdiff_t n)
+{
+    ptrdiff_t k = 0;
+    float s = 0.0f;
+#if MTX_SIMD
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    __m256 s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+    __m128 h;
+    for (; k + 32 <= n; k += 32) {     /* widen 8 int8 -> 8 int32 -> 8 float, then FMA */
+        __m128i w16a = _mm_loadu_si128((const __m128i *)(w + k));
+        __m128i w16b = _mm_loadu_si128((const __m128i *)(w + k + 16));
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k),
+                             _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(w16a)), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 8),
+                             _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(w16a, 8))), s1);
+        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 16),
+                             _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(w16b)), s2);
+        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 24),
+                             _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(w16b, 8))), s3);
+    }
+    s0 = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
+    h = _mm_add_ps(_mm256_castps256_ps128(s0), _mm256_extractf128_ps(s0, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    s = _mm_cvtss_f32(h);
+#endif
+    for (; k < n; k++)
+        s += x[k] * (float)w[k];
+    return s;
+}
+
+/* sum_k x[k] * q[k] for packed int4 w: byte j holds q[2j] + 8 (low nibble), q[2j+1] + 8 (high).
+ * n = number of weights (even); wp points at byte k0 / 2 of the row. */
+static inline float mtx_dot_f32_i4(const float *restrict x, const uint8_t *restrict wp, ptrdiff_t n)
+{
+    ptrdiff_t k = 0;
+    float s = 0.0f;
+#if MTX_SIMD
+    const __m128i mask = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    __m128 h;
+    for (; k + 16 <= n; k += 16) {     /* 8 bytes -> 16 nibbles in k order -> 2 x 8 floats */
+        __m128i by = _mm_loadl_epi64((const __m128i *)(wp + k / 2));
+        __m128i lo = _mm_and_si128(by, mask);
+        __m128i hi = _mm_and_si128(_mm_srli_epi16(by, 4), mask);
+        __m128i q = _mm_sub_epi8(_mm_unpacklo_epi8(lo, hi), eight);   /* q[k .. k+15] */
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k),
+                             _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 8),
+                             _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q, 8))), s1);
+    }
+    s0 = _mm256_add_ps(s0, s1);
+    h = _mm_add_ps(_mm256_castps256_ps128(s0), _mm256_extractf128_ps(s0, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    s = _mm_cvtss_f32(h);
+#endif
+    for (; k < n; k += 2) {
+        uint8_t byte = wp[k / 2];
+        s += x[k] * (float)((int)(byte & 0x0F) - 8) + x[k + 1] * (float)((int)(byte >> 4) - 8);
+    }
+    return s;
+}
+
 #endif

@@ -1,0 +1,321 @@
+# cython: boundscheck=False, cdivision=True, initializedcheck=False
+# wraparound stays on at module level: the def wrappers index Python tuples with -1.
+# Each nogil kernel turns it off with @cython.wraparound(False).
+"""Cython twins of `minitx/kernels/int8.py`: exact int8 GEMM and weight-only int8/int4 linears.
+
+matmul_int8 runs the same five BLIS loops as `gemm.pyx`, but packs int8 as int16 *pairs* along
+k so that one AVX2 `vpmaddwd` does 16 multiplies and 8 pairwise adds (int32, exact): the
+micro-kernel `mtx_i8gemm_ukernel` in `gemm_kernel.h` does twice the multiply-adds of the float
+FMA kernel per instruction. Conventions (int4 nibble order, scales) are documented in
+`minitx/kernels/int8.py`.
+
+linear_w8 / linear_w4: y = x @ (q * scale)^T + bias.
+  * few rows (generation, M < QLINEAR_GEMM_MIN_M): one dot product per output, int8 / int4
+    widened to float in registers; the weight is read once per row and never dequantized.
+  * many rows: dequantize NB output channels at a time into a float32 tile and multiply it on
+    the float32 GEMM (`minitx_c.gemm.matmul`), so the extra memory is NB x K floats.
+"""
+cimport cython
+import numpy as np
+cimport numpy as cnp
+from cython.parallel cimport prange
+from libc.stdint cimport int8_t, int16_t, int32_t, uint8_t
+from minitx_c.omp cimport mtx_get_max_threads, mtx_get_thread_num
+from minitx.kernels.int8 import _check_qlinear
+from minitx_c.gemm import matmul as _sgemm
+
+cnp.import_array()
+
+cdef extern from "gemm_kernel.h" nogil:
+    void *mtx_aligned_malloc(size_t nbytes)
+    void mtx_aligned_free(void *p)
+    void mtx_i8gemm_ukernel(Py_ssize_t kp, const int16_t *a, const int16_t *b, int32_t *c,
+                            Py_ssize_t rs_c, int beta)
+    float mtx_dot_f32_i8(const float *x, const int8_t *w, Py_ssize_t n)
+    float mtx_dot_f32_i4(const float *x, const uint8_t *wp, Py_ssize_t n)
+
+cdef enum:
+    MR = 6
+    NR = 16
+    MC = 144
+    KC = 512          # k values per 4th-loop slice = 256 int16 pairs (same bytes as float KC)
+    NC = 4080
+    QLINEAR_GEMM_MIN_M = 8   # rows of x from which linear_w* dequantizes tiles for the GEMM
+    QLINEAR_NB = 256         # output channels dequantized per tile on the GEMM path
+cdef Py_ssize_t PARALLEL_MIN_MACS = 1 << 18
+K_MAX = 131071               # K * 128 * 128 must fit in int32
+
+
+# ---------------------------------------------------------------------------- matmul_int8
+@cython.wraparound(False)
+cdef void _pack_a_i8(Py_ssize_t mc, Py_ssize_t kc, const int8_t *A, Py_ssize_t rs_a,
+                     Py_ssize_t cs_a, int16_t *Ap) noexcept nogil:
+    """Ap[ip][q][i] = (A[ip*MR + i, 2q], A[ip*MR + i, 2q + 1]) as int16, zero-padded."""
+    cdef Py_ssize_t kp = (kc + 1) // 2, ip, ir, i, q, k
+    cdef int16_t *dst
+    for ip in range((mc + MR - 1) // MR):
+        ir = ip * MR
+        dst = Ap + ip * kp * MR * 2
+        for q in range(kp):
+            for i in range(6):
+                for k in range(2):
+                    if ir + i < mc and 2 * q + k < kc:
+                        dst[(q * 6 + i) * 2 + k] = A[(ir + i) * rs_a + (2 * q + k) * cs_a]
+                    else:
+                        dst[(q * 6 + i) * 2 + k] = 0
+
+
+@cython.wraparound(False)
+cdef void _pack_b_i8(Py_ssize_t kc, Py_ssize_t nc, const int8_t *B, Py_ssize_t rs_b,
+                     Py_ssize_t cs_b, int16_t *Bp) noexcept nogil:
+    """Bp[jp][q][j] = (B[2q, jp*NR + j], B[2q + 1, jp*NR + j]) as int16, zero-padded."""
+    cdef Py_ssize_t kp = (kc + 1) // 2, jp, jr, j, q, k
+    cdef int16_t *dst
+    for jp in range((nc + NR - 1) // NR):
+        jr = jp * NR
+        dst = Bp + jp * kp * NR * 2
+        for q in range(kp):
+            for j in range(16):
+                for k in range(2):
+                    if jr + j < nc and 2 * q + k < kc:
+                        dst[(q * 16 + j) * 2 + k] = B[(2 * q + k) * rs_b + (jr + j) * cs_b]
+                    else:
+                        dst[(q * 16 + j) * 2 + k] = 0
+
+
+@cython.wraparound(False)
+cdef void _macro_kernel_i8(Py_ssize_t mc, Py_ssize_t nc, Py_ssize_t kp, const int16_t *Ap,
+                           const int16_t *Bp, int32_t *C, Py_ssize_t rs_c,
+                           int beta) noexcept nogil:
+    cdef Py_ssize_t jp, jr, ip, ir, nr, mr, i, j
+    cdef int32_t tile[6 * 16]
+    for jp in range((nc + NR - 1) // NR):                      # 2nd loop
+        jr = jp * NR
+        nr = min(NR, nc - jr)
+        for ip in range((mc + MR - 1) // MR):                  # 1st loop
+            ir = ip * MR
+            mr = min(MR, mc - ir)
+            if mr == MR and nr == NR:
+                mtx_i8gemm_ukernel(kp, Ap + ip * kp * MR * 2, Bp + jp * kp * NR * 2,
+                                   C + ir * rs_c + jr, rs_c, beta)
+            else:
+                mtx_i8gemm_ukernel(kp, Ap + ip * kp * MR * 2, Bp + jp * kp * NR * 2,
+                                   tile, NR, 0)
+                for i in range(mr):
+                    for j in range(nr):
+                        if beta:
+                            C[(ir + i) * rs_c + jr + j] += tile[i * NR + j]
+                        else:
+                            C[(ir + i) * rs_c + jr + j] = tile[i * NR + j]
+
+
+@cython.wraparound(False)
+cdef void _gemm_i8(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
+                   const int8_t *A, Py_ssize_t rs_a, Py_ssize_t cs_a,
+                   const int8_t *B, Py_ssize_t rs_b, Py_ssize_t cs_b,
+                   int32_t *C, Py_ssize_t rs_c, Py_ssize_t mc_blk, int nthreads,
+                   int16_t *Bp, int16_t *Ap_all) noexcept nogil:
+    """C = A @ B (int32, C row-major with row stride rs_c), the five BLIS loops. K >= 1."""
+    cdef Py_ssize_t jb, jc, nc, pb, pc, kc, kp, blk, ic, mc, n_blk = (M + mc_blk - 1) // mc_blk
+    cdef bint threaded = nthreads > 1
+    cdef int16_t *Ap
+    for jb in range((N + NC - 1) // NC):                       # 5th loop
+        jc = jb * NC
+        nc = min(NC, N - jc)
+        for pb in range((K + KC - 1) // KC):                   # 4th loop
+            pc = pb * KC
+            kc = min(KC, K - pc)
+            kp = (kc + 1) // 2
+            _pack_b_i8(kc, nc, B + pc * rs_b + jc * cs_b, rs_b, cs_b, Bp)
+            for blk in prange(n_blk, schedule="static", use_threads_if=threaded,
+                              num_threads=nthreads):           # 3rd loop, in parallel
+                ic = blk * mc_blk
+                mc = min(mc_blk, M - ic)
+                Ap = Ap_all + (mtx_get_thread_num() if threaded else 0) * mc_blk * KC
+                _pack_a_i8(mc, kc, A + ic * rs_a + pc * cs_a, rs_a, cs_a, Ap)
+                _macro_kernel_i8(mc, nc, kp, Ap, Bp, C + ic * rs_c + jc, rs_c, 1 if pc > 0 else 0)
+
+
+cdef _matmul_int8_2d(cnp.ndarray A, cnp.ndarray B, cnp.ndarray C):
+    cdef Py_ssize_t M = A.shape[0], K = A.shape[1], N = B.shape[1]
+    cdef Py_ssize_t rs_a = A.strides[0], cs_a = A.strides[1]
+    cdef Py_ssize_t rs_b = B.strides[0], cs_b = B.strides[1], rs_c = C.strides[0] // 4
+    cdef int nthreads = mtx_get_max_threads()
+    cdef Py_ssize_t n_blk, mc_blk, kc_max = min(<Py_ssize_t>KC, K) + 1
+    cdef int16_t *Bp
+    cdef int16_t *Ap
+    if M * N * K < PARALLEL_MIN_MACS:
+        nthreads = 1
+    n_blk = (M + MC - 1) // MC
+    n_blk = (n_blk + nthreads - 1) // nthreads * nthreads
+    mc_blk = min(<Py_ssize_t>MC, ((M + n_blk - 1) // n_blk + MR - 1) // MR * MR)
+    Bp = <int16_t *>mtx_aligned_malloc(kc_max * ((min(<Py_ssize_t>NC, N) + NR - 1) // NR * NR) * 2)
+    Ap = <int16_t *>mtx_aligned_malloc(nthreads * mc_blk * KC * 2)
+    if Bp == NULL or Ap == NULL:
+        mtx_aligned_free(Bp)
+        mtx_aligned_free(Ap)
+        raise MemoryError(f"matmul_int8: cannot allocate packing buffers for {M}x{K} @ {K}x{N}")
+    with nogil:
+        _gemm_i8(M, N, K, <const int8_t *>cnp.PyArray_DATA(A), rs_a, cs_a,
+                 <const int8_t *>cnp.PyArray_DATA(B), rs_b, cs_b,
+                 <int32_t *>cnp.PyArray_DATA(C), rs_c, mc_blk, nthreads, Bp, Ap)
+    mtx_aligned_free(Bp)
+    mtx_aligned_free(Ap)
+
+
+def matmul_int8(a, b):
+    """Exact integer matrix product of int8 operands, with np.matmul broadcasting.
+
+    Args:
+        a: (..., M, K) int8, any strides.
+        b: (..., K, N) int8, any strides.
+    Returns:
+        (..., M, N) int32, exactly a @ b (K <= 131071 so that no sum can overflow).
+    """
+    for name, t in (("a", a), ("b", b)):
+        if not isinstance(t, np.ndarray) or t.dtype != np.int8:
+            raise TypeError(f"{name} must be an int8 ndarray, got "
+                            f"{getattr(t, 'dtype', type(t).__name__)}")
+        if t.ndim < 2:
+            raise ValueError(f"{name} must have at least 2 dims, got shape {t.shape}")
+    if a.shape[-1] != b.shape[-2]:
+        raise ValueError(f"matmul_int8: inner dims differ: a {a.shape} @ b {b.shape}")
+    if a.shape[-1] > K_MAX:
+        raise ValueError(f"matmul_int8: K={a.shape[-1]} could overflow int32 (max {K_MAX})")
+    try:
+        lead = tuple(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
+    except ValueError:
+        raise ValueError(f"matmul_int8: batch dims do not broadcast: a {a.shape} @ b {b.shape}")
+    M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
+    C = np.zeros(lead + (M, N), dtype=np.int32)                  # (..., M, N)
+    if C.size == 0 or K == 0:
+        return C
+    a_full = np.broadcast_to(a, lead + (M, K))
+    b_full = np.broadcast_to(b, lead + (K, N))
+    for idx in np.ndindex(*lead):
+        _matmul_int8_2d(a_full[idx], b_full[idx], C[idx])
+    return C
+
+
+# ------------------------------------------------------------------ weight-only linears
+@cython.wraparound(False)
+cdef void _qlinear_rows(const float *X, Py_ssize_t M, Py_ssize_t K, const void *W,
+                        Py_ssize_t row_bytes, bint int4, const float *S, Py_ssize_t n_groups,
+                        Py_ssize_t G, const float *bias, float *Y, Py_ssize_t N,
+                        int nthreads) noexcept nogil:
+    """Y[m, n] = sum_g scale[n, g] * dot(X[m, gG:(g+1)G], q[n, gG:(g+1)G]) (+ bias[n])."""
+    cdef Py_ssize_t n, m, g
+    cdef float acc
+    cdef const char *wrow
+    for n in prange(N, schedule="static", num_threads=nthreads,
+                    use_threads_if=nthreads > 1):               # one output channel each
+        wrow = <const char *>W + n * row_bytes
+        for m in range(M):
+            acc = 0
+            for g in range(n_groups):
+                if int4:
+                    acc = acc + S[n * n_groups + g] * mtx_dot_f32_i4(
+                        X + m * K + g * G, <const uint8_t *>wrow + g * G // 2, G)
+                else:
+                    acc = acc + S[n * n_groups + g] * mtx_dot_f32_i8(
+                        X + m * K + g * G, <const int8_t *>wrow + g * G, G)
+            Y[m * N + n] = acc + (bias[n] if bias != NULL else 0)
+
+
+@cython.wraparound(False)
+cdef void _dequant_rows(const void *W, Py_ssize_t row_bytes, bint int4, const float *S,
+                        Py_ssize_t n_groups, Py_ssize_t G, Py_ssize_t n0, Py_ssize_t nb,
+                        Py_ssize_t K, float *T) noexcept nogil:
+    """T[r, k] = q[n0 + r, k] * scale[n0 + r, k // G] for r < nb: one float32 weight tile."""
+    cdef Py_ssize_t r, k
+    cdef const int8_t *w8
+    cdef const uint8_t *w4
+    cdef float s
+    cdef uint8_t byte
+    for r in range(nb):
+        w8 = <const int8_t *>W + (n0 + r) * row_bytes
+        w4 = <const uint8_t *>W + (n0 + r) * row_bytes
+        for k in range(K):
+            s = S[(n0 + r) * n_groups + k // G]
+            if int4:
+                byte = w4[k // 2]
+                T[r * K + k] = s * <float>(<int>((byte >> 4) if k & 1 else (byte & 0x0F)) - 8)
+            else:
+                T[r * K + k] = s * <float>w8[k]
+
+
+cdef _qlinear(x, cnp.ndarray w, bint int4, scales, group_size, bias, Py_ssize_t K):
+    """Shared driver of linear_w8 / linear_w4 once the arguments are validated."""
+    cdef Py_ssize_t N, n_groups, G, M, n0, nb
+    cdef int nthreads = mtx_get_max_threads()
+    cdef cnp.ndarray X, S, Bv, Y, T
+    cdef const float *bias_p = NULL
+    N, n_groups, G = _check_qlinear(x, w, scales, group_size, bias, K)
+    w = np.ascontiguousarray(w)
+    X = np.ascontiguousarray(x.reshape(-1, K))                  # (M, K)
+    S = np.ascontiguousarray(scales, dtype=np.float32)          # (N, n_groups) flat
+    M = X.shape[0]
+    Y = np.empty((M, N), dtype=np.float32)                      # (M, N)
+    if bias is not None:
+        Bv = np.ascontiguousarray(bias)
+        bias_p = <const float *>cnp.PyArray_DATA(Bv)
+    if M == 0 or N == 0:
+        return Y.reshape(x.shape[:-1] + (N,))
+    if M < QLINEAR_GEMM_MIN_M:                                  # matrix-vector path
+        if M * N * K < PARALLEL_MIN_MACS:
+            nthreads = 1
+        with nogil:
+            _qlinear_rows(<const float *>cnp.PyArray_DATA(X), M, K, cnp.PyArray_DATA(w),
+                          w.strides[0], int4, <const float *>cnp.PyArray_DATA(S), n_groups, G,
+                          bias_p, <float *>cnp.PyArray_DATA(Y), N, nthreads)
+    else:                                                       # tile-wise dequant + GEMM
+        T = np.empty((min(<Py_ssize_t>QLINEAR_NB, N), K), dtype=np.float32)
+        for n0 in range(0, N, QLINEAR_NB):
+            nb = min(<Py_ssize_t>QLINEAR_NB, N - n0)
+            with nogil:
+                _dequant_rows(cnp.PyArray_DATA(w), w.strides[0], int4,
+                              <const float *>cnp.PyArray_DATA(S), n_groups, G, n0, nb, K,
+                              <float *>cnp.PyArray_DATA(T))
+            _sgemm(X, T[:nb].T, out=Y[:, n0:n0 + nb])           # (M, nb)
+        if bias is not None:
+            Y += bias
+    return Y.reshape(x.shape[:-1] + (N,))
+
+
+def linear_w8(x, w_q, scales, group_size=None, bias=None):
+    """Weight-only int8 linear layer: y = x @ (w_q * scales)^T + bias.
+
+    Args:
+        x: (..., K) float32 activations.
+        w_q: (N, K) int8 quantized weight, laid out like nn.Linear.weight.
+        scales: float32, (N,) if group_size is None (per output channel), else
+            (N, K // group_size) (per group of `group_size` consecutive k).
+        group_size: None, or a positive divisor of K.
+        bias: (N,) float32 or None.
+    Returns:
+        (..., N) float32.
+    """
+    if not isinstance(w_q, np.ndarray) or w_q.dtype != np.int8 or w_q.ndim != 2:
+        raise TypeError(f"w_q must be a 2-D int8 ndarray, got "
+                        f"{getattr(w_q, 'dtype', type(w_q).__name__)} {getattr(w_q, 'shape', '')}")
+    return _qlinear(x, w_q, False, scales, group_size, bias, w_q.shape[1])
+
+
+def linear_w4(x, w_packed, scales, group_size=None, bias=None):
+    """Weight-only int4 linear layer on two-per-byte packed weights.
+
+    Args:
+        x: (..., K) float32 activations, K even.
+        w_packed: (N, K // 2) uint8, from `pack_int4` (even k in the low nibble, q + 8).
+        scales: float32, (N,) if group_size is None, else (N, K // group_size).
+        group_size: None, or a positive even divisor of K (e.g. 32, 64, 128).
+        bias: (N,) float32 or None.
+    Returns:
+        (..., N) float32.
+    """
+    if not isinstance(w_packed, np.ndarray) or w_packed.dtype != np.uint8 or w_packed.ndim != 2:
+        raise TypeError(f"w_packed must be a 2-D uint8 ndarray, got "
+                        f"{getattr(w_packed, 'dtype', type(w_packed).__name__)}")
+    if group_size is not None and int(group_size) % 2 != 0:
+        raise ValueError(f"group_size must be even for packed int4, got {group_size}")
+    return _qlinear(x, w_packed, True, scales, group_size, bias, 2 * w_packed.shape[1])
