@@ -30,6 +30,8 @@ cdef extern from "gemm_kernel.h" nogil:
     const char *mtx_gemm_isa()
     void *mtx_aligned_malloc(size_t nbytes)
     void mtx_aligned_free(void *p)
+    void *mtx_buffer_acquire(size_t nbytes, size_t *capacity)
+    void mtx_buffer_release(void *p, size_t capacity)
     void mtx_sgemm_ukernel(Py_ssize_t kc, const float *a, const float *b, float *c,
                            Py_ssize_t rs_c, int beta)
 
@@ -212,6 +214,7 @@ cdef int _run(Py_ssize_t L, cnp.ndarray off_a, cnp.ndarray off_b, cnp.ndarray of
     """Pick threads and block sizes, allocate the packing buffers, run without the GIL."""
     cdef const float *T
     cdef Py_ssize_t s, mc_blk, bp_size, ap_size, kc_max
+    cdef size_t cap
     cdef int nthreads = mtx_get_max_threads(), nbuf
     cdef bint batch_parallel = False
     cdef float *Bp
@@ -237,17 +240,15 @@ cdef int _run(Py_ssize_t L, cnp.ndarray off_a, cnp.ndarray off_b, cnp.ndarray of
     nbuf = nthreads if batch_parallel else 1
     bp_size = kc_max * _round_up(min(<Py_ssize_t>NC, N), NR)
     ap_size = nthreads * mc_blk * KC if not batch_parallel else mc_blk * KC
-    Bp = <float *>mtx_aligned_malloc(nbuf * bp_size * sizeof(float))
-    Ap = <float *>mtx_aligned_malloc(nbuf * ap_size * sizeof(float))
-    if Bp == NULL or Ap == NULL:
-        mtx_aligned_free(Bp)
-        mtx_aligned_free(Ap)
+    bp_size = _round_up(bp_size, 16)                     # keep Ap 64-byte aligned
+    Bp = <float *>mtx_buffer_acquire(nbuf * (bp_size + ap_size) * sizeof(float), &cap)
+    if Bp == NULL:
         raise MemoryError(f"matmul: cannot allocate packing buffers for {M}x{K} @ {K}x{N}")
+    Ap = Bp + nbuf * bp_size
     with nogil:
         _gemm_batched(L, pa, pb, pc, M, N, K, A, rs_a, cs_a, B, rs_b, cs_b, C, rs_c, cs_c,
                       accumulate, mc_blk, nthreads, batch_parallel, Bp, bp_size, Ap, ap_size)
-    mtx_aligned_free(Bp)
-    mtx_aligned_free(Ap)
+    mtx_buffer_release(Bp, cap)
     return 0
 
 

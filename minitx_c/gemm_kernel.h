@@ -51,6 +51,39 @@ static void mtx_aligned_free(void *p)
     if (p != NULL) free(((void **)p)[-1]);
 }
 
+/* Packing buffers are reused between calls: allocating (and page-faulting) a fresh MiB-sized
+ * buffer per call costs more than a whole 256 x 256 product. One cached buffer per module; a
+ * call that finds it taken (another Python thread is inside a kernel) allocates its own.
+ * Callers hold the GIL around acquire and release, which makes the slot thread-safe. */
+static void *mtx_cached_buf = NULL;
+static size_t mtx_cached_size = 0;
+
+/* A buffer of at least nbytes (its real size in *capacity), or NULL when out of memory. */
+static void *mtx_buffer_acquire(size_t nbytes, size_t *capacity)
+{
+    void *p;
+    if (mtx_cached_buf != NULL && mtx_cached_size >= nbytes) {
+        p = mtx_cached_buf;
+        *capacity = mtx_cached_size;
+        mtx_cached_buf = NULL;
+        return p;
+    }
+    *capacity = nbytes;
+    return mtx_aligned_malloc(nbytes);
+}
+
+/* Give back a buffer of `capacity` bytes: keep it if it is the largest seen, else free it. */
+static void mtx_buffer_release(void *p, size_t capacity)
+{
+    if (mtx_cached_buf == NULL || mtx_cached_size < capacity) {
+        mtx_aligned_free(mtx_cached_buf);
+        mtx_cached_buf = p;
+        mtx_cached_size = capacity;
+    } else {
+        mtx_aligned_free(p);
+    }
+}
+
 /* ---------------------------------------------------------------- float32, 6 x 16 */
 static inline void mtx_sgemm_ukernel(ptrdiff_t kc, const float *restrict a,
                                      const float *restrict b, float *restrict c,

@@ -29,6 +29,8 @@ cnp.import_array()
 cdef extern from "gemm_kernel.h" nogil:
     void *mtx_aligned_malloc(size_t nbytes)
     void mtx_aligned_free(void *p)
+    void *mtx_buffer_acquire(size_t nbytes, size_t *capacity)
+    void mtx_buffer_release(void *p, size_t capacity)
     void mtx_i8gemm_ukernel(Py_ssize_t kp, const int16_t *a, const int16_t *b, int32_t *c,
                             Py_ssize_t rs_c, int beta)
     float mtx_dot_f32_i8(const float *x, const int8_t *w, Py_ssize_t n)
@@ -53,16 +55,29 @@ cdef void _pack_a_i8(Py_ssize_t mc, Py_ssize_t kc, const int8_t *A, Py_ssize_t r
     """Ap[ip][q][i] = (A[ip*MR + i, 2q], A[ip*MR + i, 2q + 1]) as int16, zero-padded."""
     cdef Py_ssize_t kp = (kc + 1) // 2, ip, ir, i, q, k
     cdef int16_t *dst
+    cdef const int8_t *src
     for ip in range((mc + MR - 1) // MR):
         ir = ip * MR
         dst = Ap + ip * kp * MR * 2
-        for q in range(kp):
-            for i in range(6):
-                for k in range(2):
-                    if ir + i < mc and 2 * q + k < kc:
-                        dst[(q * 6 + i) * 2 + k] = A[(ir + i) * rs_a + (2 * q + k) * cs_a]
-                    else:
-                        dst[(q * 6 + i) * 2 + k] = 0
+        src = A + ir * rs_a
+        if ir + MR <= mc:                             # full panel: no bounds tests on rows
+            for q in range(kc // 2):
+                for i in range(6):
+                    dst[(q * 6 + i) * 2] = src[i * rs_a + 2 * q * cs_a]
+                    dst[(q * 6 + i) * 2 + 1] = src[i * rs_a + (2 * q + 1) * cs_a]
+            if kc % 2:                                # odd kc: pair the last k with a zero
+                q = kc // 2
+                for i in range(6):
+                    dst[(q * 6 + i) * 2] = src[i * rs_a + 2 * q * cs_a]
+                    dst[(q * 6 + i) * 2 + 1] = 0
+        else:
+            for q in range(kp):
+                for i in range(6):
+                    for k in range(2):
+                        if ir + i < mc and 2 * q + k < kc:
+                            dst[(q * 6 + i) * 2 + k] = src[i * rs_a + (2 * q + k) * cs_a]
+                        else:
+                            dst[(q * 6 + i) * 2 + k] = 0
 
 
 @cython.wraparound(False)
@@ -71,16 +86,24 @@ cdef void _pack_b_i8(Py_ssize_t kc, Py_ssize_t nc, const int8_t *B, Py_ssize_t r
     """Bp[jp][q][j] = (B[2q, jp*NR + j], B[2q + 1, jp*NR + j]) as int16, zero-padded."""
     cdef Py_ssize_t kp = (kc + 1) // 2, jp, jr, j, q, k
     cdef int16_t *dst
+    cdef const int8_t *src
     for jp in range((nc + NR - 1) // NR):
         jr = jp * NR
         dst = Bp + jp * kp * NR * 2
-        for q in range(kp):
-            for j in range(16):
-                for k in range(2):
-                    if jr + j < nc and 2 * q + k < kc:
-                        dst[(q * 16 + j) * 2 + k] = B[(2 * q + k) * rs_b + (jr + j) * cs_b]
-                    else:
-                        dst[(q * 16 + j) * 2 + k] = 0
+        src = B + jr * cs_b
+        if jr + NR <= nc and kc % 2 == 0:             # full panel
+            for q in range(kp):
+                for j in range(16):
+                    dst[(q * 16 + j) * 2] = src[2 * q * rs_b + j * cs_b]
+                    dst[(q * 16 + j) * 2 + 1] = src[(2 * q + 1) * rs_b + j * cs_b]
+        else:
+            for q in range(kp):
+                for j in range(16):
+                    for k in range(2):
+                        if jr + j < nc and 2 * q + k < kc:
+                            dst[(q * 16 + j) * 2 + k] = src[(2 * q + k) * rs_b + j * cs_b]
+                        else:
+                            dst[(q * 16 + j) * 2 + k] = 0
 
 
 @cython.wraparound(False)
@@ -149,18 +172,18 @@ cdef _matmul_int8_2d(cnp.ndarray A, cnp.ndarray B, cnp.ndarray C):
     n_blk = (M + MC - 1) // MC
     n_blk = (n_blk + nthreads - 1) // nthreads * nthreads
     mc_blk = min(<Py_ssize_t>MC, ((M + n_blk - 1) // n_blk + MR - 1) // MR * MR)
-    Bp = <int16_t *>mtx_aligned_malloc(kc_max * ((min(<Py_ssize_t>NC, N) + NR - 1) // NR * NR) * 2)
-    Ap = <int16_t *>mtx_aligned_malloc(nthreads * mc_blk * KC * 2)
-    if Bp == NULL or Ap == NULL:
-        mtx_aligned_free(Bp)
-        mtx_aligned_free(Ap)
+    cdef Py_ssize_t bp_size = kc_max * ((min(<Py_ssize_t>NC, N) + NR - 1) // NR * NR)
+    cdef size_t cap
+    bp_size = (bp_size + 31) // 32 * 32                        # keep Ap 64-byte aligned
+    Bp = <int16_t *>mtx_buffer_acquire((bp_size + nthreads * mc_blk * KC) * 2, &cap)
+    if Bp == NULL:
         raise MemoryError(f"matmul_int8: cannot allocate packing buffers for {M}x{K} @ {K}x{N}")
+    Ap = Bp + bp_size
     with nogil:
         _gemm_i8(M, N, K, <const int8_t *>cnp.PyArray_DATA(A), rs_a, cs_a,
                  <const int8_t *>cnp.PyArray_DATA(B), rs_b, cs_b,
                  <int32_t *>cnp.PyArray_DATA(C), rs_c, mc_blk, nthreads, Bp, Ap)
-    mtx_aligned_free(Bp)
-    mtx_aligned_free(Ap)
+    mtx_buffer_release(Bp, cap)
 
 
 def matmul_int8(a, b):
