@@ -27,6 +27,8 @@ TWINS = {
     "matmul_int8": "minitx.kernels.int8",
     "linear_w8": "minitx.kernels.int8",
     "linear_w4": "minitx.kernels.int8",
+    "flash2_forward": "minitx.attention.flash2",
+    "flash2_backward": "minitx.attention.flash2",
 }
 
 _C = None              # the imported minitx_c module, or None

@@ -1,20 +1,157 @@
-"""Attention implementations. TEMPORARY placeholder (naive, composed of autograd ops) until the
-attention issue lands naive / flash1 / flash2 / c with their own backward passes."""
-import math
+"""Exact attention, four ways, behind one PyTorch-style entry point.
+
+    impl="naive"   naive.py   materialised S and P (Vaswani et al. 2017; Algorithm 0 of FA-1)
+    impl="flash1"  flash1.py  FlashAttention (Dao et al. 2022, arXiv 2205.14135), K/V loop outside
+    impl="flash2"  flash2.py  FlashAttention-2 (Dao 2023, arXiv 2307.08691), Q loop outside
+    impl="c"       minitx_c/flash.pyx, the Cython twin of flash2 (AVX2 tiles, OpenMP)
+All four compute the same function; each backward is its implementation's own (naive: through
+the saved P; flash: recomputation of P from the saved softmax statistics, never an N x N buffer).
+Mask conventions (bottom-right causal alignment, sliding windows, fully masked rows -> 0) are in
+masks.py; the IO model of FA-1's Theorem 2 is io.py.
+"""
+import importlib
 
 import numpy as np
+
+from minitx import random as _random
+from minitx.autograd import Function, Tensor
+from minitx.attention.flash1 import flash1_backward, flash1_forward
+from minitx.attention.flash2 import flash2_backward, flash2_forward
+from minitx.attention.masks import mask_to_bias, resolve_window
+from minitx.attention.naive import naive_backward, naive_forward
+
+IMPLS = ("naive", "flash1", "flash2", "c")
+
+__all__ = ["scaled_dot_product_attention", "IMPLS", "naive_forward", "naive_backward",
+           "flash1_forward", "flash1_backward", "flash2_forward", "flash2_backward"]
+
+
+def _c_kernels():
+    """(flash2_forward, flash2_backward) from the Cython extension, or a clear error."""
+    try:
+        mod = importlib.import_module("minitx_c.flash")
+    except ImportError as e:
+        raise RuntimeError("impl='c' needs the Cython extension minitx_c.flash, which is not "
+                           f"importable ({e}); build it with `python setup.py build_ext "
+                           "--inplace` or use impl='flash2' (same algorithm in NumPy)") from None
+    return mod.flash2_forward, mod.flash2_backward
+
+
+def _to4d(a):
+    """(..., H, N, d) or (N, d) -> (B, H, N, d) view/copy."""
+    if a.ndim == 2:
+        return a[None, None]
+    return a.reshape(-1, *a.shape[-3:])
+
+
+class _Attention(Function):
+    """Differentiable attention; forward and backward are the chosen implementation's own."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, *, bias, scale, is_causal, window, impl, dropout_mask):
+        q, k, v = _to4d(query), _to4d(key), _to4d(value)      # (B, Hq, Nq, d), (B, Hkv, Nk, d)
+        ctx.shapes = (query.shape, key.shape)
+        ctx.impl, ctx.dropout_mask = impl, dropout_mask
+        ctx.opts = dict(scale=scale, is_causal=is_causal, window=window)
+        if impl == "naive":
+            o, P = naive_forward(q, k, v, bias, dropout_mask=dropout_mask, **ctx.opts)
+            ctx.save_for_backward(q, k, v, P)
+        elif impl == "flash1":
+            o, m, l = flash1_forward(q, k, v, bias, **ctx.opts)
+            ctx.save_for_backward(q, k, v, bias, o, m, l)
+        else:
+            fwd = flash2_forward if impl == "flash2" else _c_kernels()[0]
+            o, L = fwd(q, k, v, bias, **ctx.opts)
+            ctx.save_for_backward(q, k, v, bias, o, L)
+        return o.reshape(query.shape)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        qshape, kshape = ctx.shapes
+        do = np.ascontiguousarray(_to4d(grad_out), dtype=ctx.saved_tensors[0].dtype)
+        if ctx.impl == "naive":
+            q, k, v, P = ctx.saved_tensors
+            dq, dk, dv = naive_backward(q, k, v, P, do, scale=ctx.opts["scale"],
+                                        dropout_mask=ctx.dropout_mask)
+        elif ctx.impl == "flash1":
+            q, k, v, bias, o, m, l = ctx.saved_tensors
+            dq, dk, dv = flash1_backward(q, k, v, bias, o, m, l, do, **ctx.opts)
+        else:
+            q, k, v, bias, o, L = ctx.saved_tensors
+            bwd = flash2_backward if ctx.impl == "flash2" else _c_kernels()[1]
+            dq, dk, dv = bwd(q, k, v, bias, o, L, do, **ctx.opts)
+        needs = ctx.needs_input_grad
+        return (dq.reshape(qshape) if needs[0] else None,
+                dk.reshape(kshape) if needs[1] else None,
+                dv.reshape(kshape) if needs[2] else None)
+
+
+def _check_inputs(q, k, v, enable_gqa):
+    """Validate shapes/dtypes of the (array) inputs; return (batch_shape, Hq, Nq, Nk)."""
+    for name, a in (("query", q), ("key", k), ("value", v)):
+        if not np.issubdtype(a.dtype, np.floating) or a.dtype.itemsize < 4:
+            raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
+        if a.ndim < 2:
+            raise ValueError(f"{name} must have shape (..., N, d), got {a.shape}")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"query, key, value dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    if v.shape != k.shape:
+        raise ValueError(f"value shape {v.shape} must equal key shape {k.shape}")
+    if k.ndim != q.ndim or k.shape[-1] != q.shape[-1] or k.shape[:-3] != q.shape[:-3]:
+        raise ValueError(f"key {k.shape} must match query {q.shape} in every dim but the "
+                         "sequence length (dim -2) and, with enable_gqa, the heads (dim -3)")
+    Hq, Hkv = (q.shape[-3], k.shape[-3]) if q.ndim >= 3 else (1, 1)
+    if Hq != Hkv and not (enable_gqa and Hq % Hkv == 0):
+        raise ValueError(f"query has {Hq} heads and key {Hkv}: they must be equal, or "
+                         "enable_gqa=True with query heads a multiple of key heads")
+    if min(q.shape[-2], k.shape[-2], q.shape[-1]) < 1:
+        raise ValueError(f"empty attention input: query {q.shape}, key {k.shape}")
+    return q.shape[:-3], Hq, q.shape[-2], k.shape[-2]
 
 
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
                                  is_causal=False, scale=None, enable_gqa=False, impl="naive",
                                  window=None):
-    from minitx.nn import functional as F
-    d = query.shape[-1]
-    scale = 1.0 / math.sqrt(d) if scale is None else scale
-    s = (query @ key.transpose(-1, -2)) * scale                  # (..., Nq, Nk)
-    Nq, Nk = query.shape[-2], key.shape[-2]
-    if is_causal:
-        i = np.arange(Nq)[:, None] + (Nk - Nq)                   # bottom-right aligned
-        s = s.masked_fill(np.arange(Nk)[None, :] > i, -np.inf)
-    p = F.softmax(s, dim=-1)
-    return p @ value
+    """softmax(query key^T * scale + mask) value, differentiable, with a choice of algorithm.
+
+    PyTorch's `torch.nn.functional.scaled_dot_product_attention` semantics, plus:
+      - `impl`: "naive", "flash1", "flash2" (NumPy) or "c" (Cython flash2 kernel);
+      - `window=(left, right)`: sliding window, -1/None for unbounded (flash-attn's window_size);
+      - `is_causal` is aligned bottom-right when Nq != Nk (flash-attn >= 2.1; PyTorch aligns
+        top-left), so a decoding step with Nq = 1 sees all Nk cached keys;
+      - a query row with no allowed key gives zeros (not NaN).
+    Args:
+        query: Tensor or ndarray (..., Hq, Nq, d); key, value: (..., Hkv, Nk, d), same leading
+            dims; Hq == Hkv unless enable_gqa (then Hq a multiple of Hkv, PyTorch's grouping).
+        attn_mask: None, bool (True = may attend) or float (added to the scores), broadcastable
+            to (..., Hq, Nq, Nk). It is treated as a constant (no gradient).
+        dropout_p: dropout on the attention probabilities (impl="naive" only; the flash kernels
+            here have no in-kernel random number generator).
+        is_causal: causal mask; scale: None means 1/sqrt(d).
+    Returns:
+        Tensor (..., Hq, Nq, d).
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    arrays = [x.data if isinstance(x, Tensor) else np.asarray(x) for x in (query, key, value)]
+    batch_shape, Hq, Nq, Nk = _check_inputs(*arrays, enable_gqa)
+    resolve_window(is_causal, window)                          # validates the window
+    if scale is not None and not (np.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a positive finite number or None, got {scale!r}")
+    if not 0.0 <= dropout_p <= 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1], got {dropout_p}")
+    if dropout_p > 0 and impl != "naive":
+        raise ValueError(f"dropout_p={dropout_p} is only supported with impl='naive', got "
+                         f"impl={impl!r}")
+    if impl == "c":
+        _c_kernels()                                           # fail early if not built
+    dtype = arrays[0].dtype
+    bias = mask_to_bias(attn_mask, batch_shape, Hq, Nq, Nk, dtype)
+    dropout_mask = None
+    if dropout_p > 0:
+        B = int(np.prod(batch_shape, dtype=np.int64))
+        keep = _random.generator().random((B, Hq, Nq, Nk)) >= dropout_p
+        dropout_mask = (keep / (1.0 - dropout_p) if dropout_p < 1 else keep * 0.0).astype(dtype)
+    args = [x if isinstance(x, Tensor) else a for x, a in zip((query, key, value), arrays)]
+    return _Attention.apply(*args, bias=bias, scale=scale, is_causal=is_causal, window=window,
+                            impl=impl, dropout_mask=dropout_mask)

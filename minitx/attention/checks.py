@@ -54,3 +54,20 @@ def check_qkv(q, k, v, bias, scale, Br=None, Bc=None):
                               or b < 1):
             raise ValueError(f"block size {name} must be an int >= 1, got {b!r}")
     return B, Hq, Hkv, Nq, Nk, d, scale
+
+
+def group_heads(q, Hkv):
+    """View (B, Hq, N, d) as (B, Hkv, G, N, d), G = Hq // Hkv: query head h uses kv head h // G
+    (PyTorch's `enable_gqa`, i.e. k.repeat_interleave(G, dim=-3))."""
+    B, Hq = q.shape[:2]
+    return q.reshape(B, Hkv, Hq // Hkv, *q.shape[2:])
+
+
+def group_bias(bias, Hkv):
+    """View a bias (Bb, Hb, Nq, Nk) as (Bb, Hkv or 1, G or 1, Nq, Nk) to broadcast with grouped q."""
+    if bias is None:
+        return None
+    Bb, Hb = bias.shape[:2]
+    if Hb == 1:
+        return bias[:, :, None]                                  # (Bb, 1, 1, Nq, Nk)
+    return bias.reshape(Bb, Hkv, Hb // Hkv, *bias.shape[2:])     # (Bb, Hkv, G, Nq, Nk)

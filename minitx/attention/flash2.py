@@ -1,0 +1,128 @@
+"""FlashAttention-2 in NumPy: tiled exact attention, forward and backward.
+
+Dao 2023, "FlashAttention-2: Faster Attention with Better Parallelism and Work Partitioning",
+arXiv 2307.08691. Forward = Algorithm 1, backward = Algorithm 2; the comments "# Alg1 l.N" cite
+the line of the algorithm each step implements. Symbols follow the paper:
+    Br, Bc   rows of a Q block, columns (keys) of a K/V block;  Tr, Tc their counts
+    S, P     the score and probability tiles (Br x Bc) -- never the full N x N matrix
+    m, l     running row max and running row sum of exp(S - m) (the online softmax)
+    L        logsumexp per row, L = m + log(l): the only softmax statistic saved for backward
+    D        rowsum(dO * O), used by the backward instead of rowsum(dP * P)
+What FA-2 changes from FA-1: the Q loop is outermost (each Q block is independent, so it can run
+in parallel), O is rescaled by exp(m_old - m_new) but divided by l only once at the end, and only L
+is saved. The batch and head dims ride along as leading dims of every tile (NumPy vectorises
+over them); the Cython twin `minitx_c.flash` loops over them explicitly with the same names.
+
+Extras that the real kernel has: a scale, bottom-right causal masks and sliding windows with
+whole tiles skipped (`masks.tile_kind`), additive bias, GQA, blocks that need not divide N, and
+rows with nothing to attend to giving O = 0, L = +inf.
+"""
+import numpy as np
+
+from minitx.attention.checks import check_qkv, group_bias, group_heads
+from minitx.attention.masks import allowed, resolve_window, tile_kind
+
+
+def _score_tile(Qi, Kj, bg, r0, r1, c0, c1, kind, scale, Nq, Nk, left, right):
+    """S = scale * Q_i K_j^T + bias tile, with -inf where the mask forbids. (..., Br, Bc)"""
+    S = scale * (Qi @ Kj.swapaxes(-1, -2))                     # (B, Hkv, G, Br, Bc)
+    if bg is not None:
+        S = S + bg[..., r0:r1, c0:c1]
+    if kind == "partial":
+        ok = allowed(np.arange(r0, r1), np.arange(c0, c1), Nq, Nk, left, right)
+        S = np.where(ok, S, -np.inf)
+    return S
+
+
+def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None, Br=64, Bc=64):
+    """FlashAttention-2 forward (Algorithm 1).
+
+    Args:
+        q: (B, Hq, Nq, d); k, v: (B, Hkv, Nk, d), Hq a multiple of Hkv.
+        bias: None or additive (Bb, Hb, Nq, Nk); scale: None means 1/sqrt(d).
+        is_causal: bottom-right causal mask; window: (left, right) or None (see masks.py).
+        Br, Bc: block sizes (any ints >= 1; need not divide Nq, Nk).
+    Returns:
+        o (B, Hq, Nq, d) and L (B, Hq, Nq), the row logsumexp (+inf for fully masked rows).
+    """
+    B, Hq, Hkv, Nq, Nk, d, scale = check_qkv(q, k, v, bias, scale, Br, Bc)
+    left, right = resolve_window(is_causal, window)
+    qg = group_heads(q, Hkv)                                   # (B, Hkv, G, Nq, d)
+    kg, vg = k[:, :, None], v[:, :, None]                      # (B, Hkv, 1, Nk, d)
+    bg = group_bias(bias, Hkv)
+    o = np.zeros(qg.shape, dtype=q.dtype)                      # (B, Hkv, G, Nq, d)
+    L = np.empty(qg.shape[:-1], dtype=q.dtype)                 # (B, Hkv, G, Nq)
+    Tr, Tc = -(-Nq // Br), -(-Nk // Bc)
+    for i in range(Tr):                                        # Alg1 l.3: for 1 <= i <= Tr
+        r0, r1 = i * Br, min((i + 1) * Br, Nq)
+        Qi = qg[..., r0:r1, :]                                 # Alg1 l.4: load Q_i (.., Br, d)
+        Oi = np.zeros(Qi.shape, dtype=q.dtype)                 # Alg1 l.5: O = 0, l = 0, m = -inf
+        li = np.zeros(Qi.shape[:-1] + (1,), dtype=q.dtype)     # (B, Hkv, G, Br, 1)
+        mi = np.full(Qi.shape[:-1] + (1,), -np.inf, dtype=q.dtype)
+        for j in range(Tc):                                    # Alg1 l.6: for 1 <= j <= Tc
+            c0, c1 = j * Bc, min((j + 1) * Bc, Nk)
+            kind = tile_kind(r0, r1, c0, c1, Nq, Nk, left, right)
+            if kind == "skip":                                 # causal/window block skipping
+                continue
+            Kj, Vj = kg[..., c0:c1, :], vg[..., c0:c1, :]      # Alg1 l.7: load K_j, V_j
+            S = _score_tile(Qi, Kj, bg, r0, r1, c0, c1, kind,  # Alg1 l.8: S = Q_i K_j^T
+                            scale, Nq, Nk, left, right)        # (B, Hkv, G, Br, Bc)
+            m_new = np.maximum(mi, S.max(axis=-1, keepdims=True))   # Alg1 l.9: m = max(m, rowmax S)
+            m_use = np.where(np.isfinite(m_new), m_new, 0)     # all masked so far: exp(-inf) = 0
+            P = np.exp(S - m_use)                              # Alg1 l.9: P = exp(S - m)
+            alpha = np.exp(mi - m_use)                         # exp(m_old - m_new)
+            li = alpha * li + P.sum(axis=-1, keepdims=True)    # Alg1 l.9: l = e^(..) l + rowsum P
+            Oi = alpha * Oi + P @ Vj                           # Alg1 l.10: O = diag(e^(..)) O + P V_j
+            mi = m_new
+        ok = li > 0
+        o[..., r0:r1, :] = np.where(ok, Oi / np.where(ok, li, 1), 0)  # Alg1 l.12: O = diag(l)^-1 O
+        with np.errstate(divide="ignore"):
+            Li = np.where(ok, mi + np.log(np.where(ok, li, 1)), np.inf)  # Alg1 l.13: L = m + log l
+        L[..., r0:r1] = Li[..., 0]
+    return o.reshape(q.shape), L.reshape(B, Hq, Nq)
+
+
+def flash2_backward(q, k, v, bias, o, L, do, scale=None, is_causal=False, window=None,
+                    Br=64, Bc=64):
+    """FlashAttention-2 backward (Algorithm 2): recompute P = exp(S - L) tile by tile.
+
+    Args:
+        q, k, v, bias, scale, is_causal, window, Br, Bc: as given to flash2_forward.
+        o: (B, Hq, Nq, d) and L: (B, Hq, Nq) returned by flash2_forward.
+        do: (B, Hq, Nq, d) gradient of the loss with respect to o.
+    Returns:
+        dq (B, Hq, Nq, d), dk (B, Hkv, Nk, d), dv (B, Hkv, Nk, d).
+    """
+    B, Hq, Hkv, Nq, Nk, d, scale = check_qkv(q, k, v, bias, scale, Br, Bc)
+    left, right = resolve_window(is_causal, window)
+    qg, og, dog = group_heads(q, Hkv), group_heads(o, Hkv), group_heads(do, Hkv)
+    Lg = group_heads(L, Hkv)[..., None]                        # (B, Hkv, G, Nq, 1)
+    kg, vg = k[:, :, None], v[:, :, None]                      # (B, Hkv, 1, Nk, d)
+    bg = group_bias(bias, Hkv)
+    D = (dog * og).sum(axis=-1, keepdims=True)                 # Alg2 l.4: D = rowsum(dO * O)
+    dq = np.zeros(qg.shape, dtype=q.dtype)                     # (B, Hkv, G, Nq, d)
+    dk = np.zeros(k.shape, dtype=q.dtype)                      # (B, Hkv, Nk, d)
+    dv = np.zeros(v.shape, dtype=q.dtype)
+    Tr, Tc = -(-Nq // Br), -(-Nk // Bc)
+    for j in range(Tc):                                        # Alg2 l.5: for 1 <= j <= Tc
+        c0, c1 = j * Bc, min((j + 1) * Bc, Nk)
+        Kj, Vj = kg[..., c0:c1, :], vg[..., c0:c1, :]          # Alg2 l.6: load K_j, V_j
+        dKj = np.zeros(Kj.shape, dtype=q.dtype)                # Alg2 l.7: dK_j = 0, dV_j = 0
+        dVj = np.zeros(Vj.shape, dtype=q.dtype)                # (B, Hkv, 1, Bc, d)
+        for i in range(Tr):                                    # Alg2 l.8: for 1 <= i <= Tr
+            r0, r1 = i * Br, min((i + 1) * Br, Nq)
+            kind = tile_kind(r0, r1, c0, c1, Nq, Nk, left, right)
+            if kind == "skip":
+                continue
+            Qi, dOi = qg[..., r0:r1, :], dog[..., r0:r1, :]    # Alg2 l.9: load Q_i, dO_i, L_i, D_i
+            S = _score_tile(Qi, Kj, bg, r0, r1, c0, c1, kind,  # Alg2 l.10: S = Q_i K_j^T
+                            scale, Nq, Nk, left, right)        # (B, Hkv, G, Br, Bc)
+            P = np.exp(S - Lg[..., r0:r1, :])                  # Alg2 l.11: P = exp(S - L_i)
+            dVj += (P.swapaxes(-1, -2) @ dOi).sum(axis=2, keepdims=True)  # Alg2 l.12: dV_j += P^T dO_i
+            dP = dOi @ Vj.swapaxes(-1, -2)                     # Alg2 l.13: dP = dO_i V_j^T
+            dS = P * (dP - D[..., r0:r1, :])                   # Alg2 l.14: dS = P * (dP - D_i)
+            dq[..., r0:r1, :] += scale * (dS @ Kj)             # Alg2 l.15: dQ_i += dS K_j
+            dKj += scale * (dS.swapaxes(-1, -2) @ Qi).sum(axis=2, keepdims=True)  # l.16: dK_j += dS^T Q_i
+        dk[:, :, c0:c1] = dKj[:, :, 0]                         # Alg2 l.18: write dK_j, dV_j
+        dv[:, :, c0:c1] = dVj[:, :, 0]
+    return dq.reshape(q.shape), dk, dv

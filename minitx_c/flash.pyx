@@ -1,0 +1,559 @@
+# cython: boundscheck=False, cdivision=True, initializedcheck=False
+# wraparound stays on at module level: the def wrappers index Python tuples with -1.
+# Each nogil kernel turns it off with @cython.wraparound(False).
+"""Cython twin of `minitx/attention/flash2.py`: FlashAttention-2 forward and backward.
+
+Dao 2023, arXiv 2307.08691, Algorithms 1 (forward) and 2 (backward). Same names, signature and
+loop structure as the NumPy reference; "# Alg1 l.N" cites the paper line. What differs is only
+how each tile is computed:
+  - tiles are copied ("packed") once into zero-padded, contiguous panels (Q_i scaled by `scale`,
+    K_j^T, V_j, ...) with Brp, Bcp, dp the block sizes and head dim rounded up to multiples of 16,
+    so every product is one call of the register-blocked GEMM tile in flash_simd.h;
+  - exponentials are vectorised (flash_simd.h: Cody-Waite reduction + degree-7 polynomial);
+  - the backward works on transposed tiles S^T, P^T, dS^T (keys as rows), so that every product
+    is a plain row-major GEMM: dV_j += P^T dO_i, dK_j += dS^T Q_i and dQ_i^T += K_j^T dS^T.
+Parallelism (OpenMP, when built with it): the forward runs (batch x head x Q block) tasks, the
+backward one task per (batch x KV head), since the KV heads of a GQA group share dK, dV.
+Inputs are validated and made contiguous before the GIL is released.
+"""
+cimport cython
+import numpy as np
+cimport numpy as cnp
+from cython.parallel cimport prange
+from libc.math cimport INFINITY, exp, log
+from libc.stdlib cimport calloc, free
+from libc.string cimport memset
+
+cnp.import_array()
+
+cdef extern from "flash_simd.h" nogil:
+    int mtx_flash_simd()
+    void mtx_gemm_f(int acc, int M, int N, int K, const float *A, int lda, const float *B,
+                    int ldb, float *C, int ldc)
+    void mtx_gemm_d(int acc, int M, int N, int K, const double *A, int lda, const double *B,
+                    int ldb, double *C, int ldc)
+    float mtx_rowmax_f(const float *x, int n)
+    double mtx_rowmax_d(const double *x, int n)
+    float mtx_exp_shift_sum_f(float *x, float shift, int n)
+    double mtx_exp_shift_sum_d(double *x, double shift, int n)
+    void mtx_exp_minus_f(float *x, const float *L, int n)
+    void mtx_exp_minus_d(double *x, const double *L, int n)
+
+ctypedef fused real:
+    float
+    double
+
+cdef enum:
+    SKIP = 0
+    FULL = 1
+    PARTIAL = 2
+
+cdef struct Shape:
+    Py_ssize_t B, Hq, Hkv, G, Nq, Nk, d, dp, Br, Bc, Brp, Bcp, Tr, Tc, Bb, Hb
+    Py_ssize_t left, right          # window, -1 = unbounded (masks.resolve_window)
+    double scale
+
+
+def simd_enabled():
+    """True if the kernel was compiled with the AVX2/FMA tiles (else portable C loops)."""
+    return bool(mtx_flash_simd())
+
+
+# ------------------------------------------------------------------ small helpers
+
+cdef inline Py_ssize_t _round16(Py_ssize_t n) noexcept nogil:
+    return (n + 15) // 16 * 16
+
+
+cdef inline bint _allowed(const Shape *s, Py_ssize_t r, Py_ssize_t c) noexcept nogil:
+    """Twin of masks.allowed for one (query row, key column) pair."""
+    cdef Py_ssize_t pos = r + s.Nk - s.Nq
+    if s.left >= 0 and c < pos - s.left:
+        return False
+    if s.right >= 0 and c > pos + s.right:
+        return False
+    return True
+
+
+cdef inline int _tile_kind(const Shape *s, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t c0,
+                           Py_ssize_t c1) noexcept nogil:
+    """Twin of masks.tile_kind (rows [r0, r1), cols [c0, c1), both within range)."""
+    cdef Py_ssize_t off = s.Nk - s.Nq
+    if s.right >= 0 and c0 > r1 - 1 + off + s.right:
+        return SKIP
+    if s.left >= 0 and c1 - 1 < r0 + off - s.left:
+        return SKIP
+    if s.right >= 0 and c1 - 1 > r0 + off + s.right:
+        return PARTIAL
+    if s.left >= 0 and c0 < r1 - 1 + off - s.left:
+        return PARTIAL
+    return FULL
+
+
+cdef inline void _gemm(int acc, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const real *A,
+                       Py_ssize_t lda, const real *B, Py_ssize_t ldb, real *C,
+                       Py_ssize_t ldc) noexcept nogil:
+    """C (M x N) (+)= A (M x K) B (K x N); M, N multiples of 4 and 16 (padded panels)."""
+    if real is float:
+        mtx_gemm_f(acc, <int>M, <int>N, <int>K, A, <int>lda, B, <int>ldb, C, <int>ldc)
+    else:
+        mtx_gemm_d(acc, <int>M, <int>N, <int>K, A, <int>lda, B, <int>ldb, C, <int>ldc)
+
+
+@cython.wraparound(False)
+cdef void _pack_rows(const real *X, Py_ssize_t N, Py_ssize_t d, Py_ssize_t Bx, Py_ssize_t Bxp,
+                     Py_ssize_t dp, real mult, real *out) noexcept nogil:
+    """X (N, d) -> out (T, Bxp, dp): block t holds rows [t Bx, t Bx + Bx) times mult, zero-padded.
+    `out` must be zeroed by the caller."""
+    cdef Py_ssize_t n, t
+    for n in range(N):
+        for t in range(d):
+            out[((n // Bx) * Bxp + n % Bx) * dp + t] = mult * X[n * d + t]
+
+
+@cython.wraparound(False)
+cdef void _pack_cols(const real *X, Py_ssize_t N, Py_ssize_t d, Py_ssize_t Bx, Py_ssize_t Bxp,
+                     Py_ssize_t dp, real mult, real *out) noexcept nogil:
+    """X (N, d) -> out (T, dp, Bxp): block t holds X[t Bx : t Bx + Bx]^T times mult, zero-padded.
+    `out` must be zeroed by the caller."""
+    cdef Py_ssize_t n, t
+    for n in range(N):
+        for t in range(d):
+            out[((n // Bx) * dp + t) * Bxp + n % Bx] = mult * X[n * d + t]
+
+
+# ------------------------------------------------------------------ forward (Algorithm 1)
+
+@cython.wraparound(False)
+cdef void _fwd_q_block(const Shape *s, const real *Qh, const real *KTh, const real *Vh,
+                       const real *biash, Py_ssize_t i, real *Qi, real *S, real *Oi, real *m,
+                       real *l, real *Oh, real *Lh) noexcept nogil:
+    """One Q block of one head: Alg1 lines 4-14. Qh, Oh (Nq, d); Lh (Nq,); KTh (Tc, dp, Bcp) and
+    Vh (Tc, Bcp, dp) packed; biash (Nq, Nk) or NULL. Qi, S, Oi, m, l: scratch tiles."""
+    cdef Py_ssize_t Br = s.Br, Bc = s.Bc, Brp = s.Brp, Bcp = s.Bcp, d = s.d, dp = s.dp
+    cdef Py_ssize_t r0 = i * Br, r1 = min(r0 + Br, s.Nq), nr = r1 - r0
+    cdef Py_ssize_t j, c0, c1, nc, r, c, t
+    cdef int kind
+    cdef real mx, m_new, m_use, alpha, rowsum, inv
+    cdef real *Sr
+    memset(Qi, 0, Brp * d * sizeof(real))                     # Alg1 l.4: load Q_i (scaled)
+    for r in range(nr):
+        for t in range(d):
+            Qi[r * d + t] = <real>s.scale * Qh[(r0 + r) * d + t]
+    memset(Oi, 0, Brp * dp * sizeof(real))                    # Alg1 l.5: O = 0, l = 0, m = -inf
+    for r in range(Brp):
+        m[r] = -INFINITY
+        l[r] = 0
+    for j in range(s.Tc):                                     # Alg1 l.6: for 1 <= j <= Tc
+        c0 = j * Bc
+        c1 = min(c0 + Bc, s.Nk)
+        nc = c1 - c0
+        kind = _tile_kind(s, r0, r1, c0, c1)
+        if kind == SKIP:                                      # causal/window block skipping
+            continue
+        _gemm(0, Brp, Bcp, d, Qi, d, KTh + j * dp * Bcp, Bcp, S, Bcp)  # Alg1 l.8: S = Q_i K_j^T
+        for r in range(nr):
+            Sr = S + r * Bcp
+            if biash != NULL:
+                for c in range(nc):
+                    Sr[c] += biash[(r0 + r) * s.Nk + c0 + c]
+            if kind == PARTIAL:
+                for c in range(nc):
+                    if not _allowed(s, r0 + r, c0 + c):
+                        Sr[c] = -INFINITY
+            if real is float:
+                mx = mtx_rowmax_f(Sr, <int>nc)
+            else:
+                mx = mtx_rowmax_d(Sr, <int>nc)
+            m_new = max(m[r], mx)                             # Alg1 l.9: m = max(m, rowmax S)
+            m_use = m_new if m_new > -INFINITY else 0         # all masked so far: exp(-inf) = 0
+            if real is float:                                 # Alg1 l.9: P = exp(S - m), rowsum
+                rowsum = mtx_exp_shift_sum_f(Sr, m_use, <int>nc)
+            else:
+                rowsum = mtx_exp_shift_sum_d(Sr, m_use, <int>nc)
+            for c in range(nc, Bcp):
+                Sr[c] = 0
+            alpha = exp(m[r] - m_use)                         # exp(m_old - m_new)
+            l[r] = alpha * l[r] + rowsum                      # Alg1 l.9: l = e^(..) l + rowsum P
+            if alpha != 1:
+                for t in range(dp):                           # Alg1 l.10: O = diag(e^(..)) O ...
+                    Oi[r * dp + t] *= alpha
+            m[r] = m_new
+        _gemm(1, Brp, dp, Bcp, S, Bcp, Vh + j * Bcp * dp, dp, Oi, dp)  # Alg1 l.10: ... + P V_j
+    for r in range(nr):
+        if l[r] > 0:
+            inv = 1 / l[r]
+            for t in range(d):                                # Alg1 l.12: O = diag(l)^-1 O
+                Oh[(r0 + r) * d + t] = Oi[r * dp + t] * inv
+            Lh[r0 + r] = m[r] + log(l[r])                     # Alg1 l.13: L = m + log(l)
+        else:                                                 # nothing to attend to
+            for t in range(d):
+                Oh[(r0 + r) * d + t] = 0
+            Lh[r0 + r] = INFINITY
+
+
+@cython.wraparound(False)
+cdef int _fwd(const Shape *s, const real *q, const real *k, const real *v, const real *bias,
+              real *KT, real *Vp, real *o, real *L) noexcept nogil:
+    """All heads: pack K^T and V per KV head, then one task per (b, h, Q block). Returns 0, or -1
+    if a scratch allocation failed."""
+    cdef Py_ssize_t Nq = s.Nq, Nk = s.Nk, d = s.d, kvsize = s.Tc * s.Bcp * s.dp
+    cdef Py_ssize_t bh, task, b, h, hk, i, failed = 0
+    cdef const real *biash
+    cdef real *Qi
+    cdef real *S
+    cdef real *Oi
+    cdef real *m
+    cdef real *l
+    for bh in prange(s.B * s.Hkv, schedule="static"):         # Alg1 l.7 panels, once per KV head
+        _pack_cols(k + bh * Nk * d, Nk, d, s.Bc, s.Bcp, s.dp, <real>1, KT + bh * kvsize)
+        _pack_rows(v + bh * Nk * d, Nk, d, s.Bc, s.Bcp, s.dp, <real>1, Vp + bh * kvsize)
+    for task in prange(s.B * s.Hq * s.Tr, schedule="dynamic"):  # Alg1 l.3, in parallel
+        i = task % s.Tr
+        h = (task // s.Tr) % s.Hq
+        b = task // (s.Tr * s.Hq)
+        hk = h // s.G                                         # GQA: query head h uses KV head h // G
+        biash = NULL
+        if bias != NULL:
+            biash = bias + ((b if s.Bb > 1 else 0) * s.Hb + (h if s.Hb > 1 else 0)) * Nq * Nk
+        Qi = <real *>calloc(s.Brp * d + s.Brp * s.Bcp + s.Brp * s.dp + 2 * s.Brp, sizeof(real))
+        if Qi == NULL:
+            failed += 1
+            continue
+        S = Qi + s.Brp * d
+        Oi = S + s.Brp * s.Bcp
+        m = Oi + s.Brp * s.dp
+        l = m + s.Brp
+        _fwd_q_block(s, q + (b * s.Hq + h) * Nq * d, KT + (b * s.Hkv + hk) * kvsize,
+                     Vp + (b * s.Hkv + hk) * kvsize, biash, i, Qi, S, Oi, m, l,
+                     o + (b * s.Hq + h) * Nq * d, L + (b * s.Hq + h) * Nq)
+        free(Qi)
+    return -1 if failed else 0
+
+
+# ------------------------------------------------------------------ backward (Algorithm 2)
+
+@cython.wraparound(False)
+cdef void _bwd_tile(const Shape *s, int kind, Py_ssize_t r0, Py_ssize_t nr, Py_ssize_t c0,
+                    Py_ssize_t nc, const real *biash, const real *Kj, const real *KTj,
+                    const real *Vj, const real *Qi, const real *QTi, const real *dOi,
+                    const real *dOTi, const real *Li, const real *Di, real *PT, real *dPT,
+                    real *dKj, real *dVj, real *dQTi) noexcept nogil:
+    """Alg2 lines 10-16 for tile (i, j), on transposed tiles (keys as rows)."""
+    cdef Py_ssize_t Brp = s.Brp, Bcp = s.Bcp, d = s.d, dp = s.dp, r, c
+    cdef real *row
+    _gemm(0, Bcp, Brp, d, Kj, dp, QTi, Brp, PT, Brp)          # Alg2 l.10: S^T = K_j Q_i^T
+    for c in range(Bcp):
+        row = PT + c * Brp
+        if c >= nc:                                           # padding key rows: P = 0
+            memset(row, 0, Brp * sizeof(real))
+            continue
+        if biash != NULL:
+            for r in range(nr):
+                row[r] += biash[(r0 + r) * s.Nk + c0 + c]
+        if kind == PARTIAL:
+            for r in range(nr):
+                if not _allowed(s, r0 + r, c0 + c):
+                    row[r] = -INFINITY
+        if real is float:                                     # Alg2 l.11: P = exp(S - L_i)
+            mtx_exp_minus_f(row, Li, <int>Brp)                # (L = +inf on padding rows: P = 0)
+        else:
+            mtx_exp_minus_d(row, Li, <int>Brp)
+    _gemm(1, Bcp, dp, Brp, PT, Brp, dOi, dp, dVj, dp)         # Alg2 l.12: dV_j += P^T dO_i
+    _gemm(0, Bcp, Brp, d, Vj, dp, dOTi, Brp, dPT, Brp)        # Alg2 l.13: dP^T = V_j dO_i^T
+    for c in range(Bcp):                                      # Alg2 l.14: dS = P * (dP - D_i)
+        row = dPT + c * Brp
+        for r in range(Brp):
+            row[r] = PT[c * Brp + r] * (row[r] - Di[r])
+    _gemm(1, Bcp, dp, Brp, dPT, Brp, Qi, dp, dKj, dp)         # Alg2 l.16: dK_j += dS^T Q_i
+    _gemm(1, dp, Brp, Bcp, KTj, Bcp, dPT, Brp, dQTi, Brp)     # Alg2 l.15: dQ_i^T += K_j^T dS^T
+
+
+@cython.wraparound(False)
+cdef int _bwd_kv_head(const Shape *s, Py_ssize_t b, Py_ssize_t hk, const real *q, const real *k,
+                      const real *v, const real *bias, const real *o, const real *L,
+                      const real *do, real *dq, real *dk, real *dv) noexcept nogil:
+    """Alg2 for one KV head and the G query heads that share it. Returns -1 if out of memory."""
+    cdef Py_ssize_t Nq = s.Nq, Nk = s.Nk, d = s.d, dp = s.dp, Brp = s.Brp, Bcp = s.Bcp
+    cdef Py_ssize_t kvsize = s.Tc * Bcp * dp, qsize = s.Tr * Brp * dp, tile = Bcp * Brp
+    cdef Py_ssize_t g, h, i, j, r, t, r0, r1, c0, c1, n
+    cdef int kind
+    cdef real acc
+    cdef const real *biash
+    cdef const real *qh
+    cdef const real *oh
+    cdef const real *doh
+    cdef real *buf = <real *>calloc(5 * kvsize + 5 * qsize + 2 * s.Tr * Brp + 2 * tile,
+                                    sizeof(real))
+    if buf == NULL:
+        return -1
+    cdef real *Kp = buf
+    cdef real *KTp = Kp + kvsize
+    cdef real *Vp = KTp + kvsize
+    cdef real *dKp = Vp + kvsize
+    cdef real *dVp = dKp + kvsize
+    cdef real *Qp = dVp + kvsize
+    cdef real *QTp = Qp + qsize
+    cdef real *dOp = QTp + qsize
+    cdef real *dOTp = dOp + qsize
+    cdef real *dQT = dOTp + qsize
+    cdef real *Lp = dQT + qsize
+    cdef real *Dp = Lp + s.Tr * Brp
+    cdef real *PT = Dp + s.Tr * Brp
+    cdef real *dPT = PT + tile
+    n = (b * s.Hkv + hk) * Nk * d
+    _pack_rows(k + n, Nk, d, s.Bc, Bcp, dp, <real>1, Kp)      # Alg2 l.6: load K_j, V_j (all j)
+    _pack_cols(k + n, Nk, d, s.Bc, Bcp, dp, <real>1, KTp)
+    _pack_rows(v + n, Nk, d, s.Bc, Bcp, dp, <real>1, Vp)
+    for g in range(s.G):
+        h = hk * s.G + g
+        n = (b * s.Hq + h) * Nq * d
+        qh, oh, doh = q + n, o + n, do + n
+        biash = NULL
+        if bias != NULL:
+            biash = bias + ((b if s.Bb > 1 else 0) * s.Hb + (h if s.Hb > 1 else 0)) * Nq * Nk
+        memset(Qp, 0, 5 * qsize * sizeof(real))               # Qp, QTp, dOp, dOTp, dQT
+        _pack_rows(qh, Nq, d, s.Br, Brp, dp, <real>s.scale, Qp)   # Q_i scaled: S = (scale Q) K^T
+        _pack_cols(qh, Nq, d, s.Br, Brp, dp, <real>s.scale, QTp)
+        _pack_rows(doh, Nq, d, s.Br, Brp, dp, <real>1, dOp)
+        _pack_cols(doh, Nq, d, s.Br, Brp, dp, <real>1, dOTp)
+        for r in range(s.Tr * Brp):
+            Lp[r] = INFINITY                                  # padding rows: P = exp(-inf) = 0
+            Dp[r] = 0
+        for r in range(Nq):                                   # Alg2 l.4: D = rowsum(dO * O)
+            acc = 0
+            for t in range(d):
+                acc = acc + doh[r * d + t] * oh[r * d + t]
+            Dp[(r // s.Br) * Brp + r % s.Br] = acc
+            Lp[(r // s.Br) * Brp + r % s.Br] = L[(b * s.Hq + h) * Nq + r]
+        for j in range(s.Tc):                                 # Alg2 l.5: for 1 <= j <= Tc
+            c0 = j * s.Bc
+            c1 = min(c0 + s.Bc, Nk)
+            for i in range(s.Tr):                             # Alg2 l.8: for 1 <= i <= Tr
+                r0 = i * s.Br
+                r1 = min(r0 + s.Br, Nq)
+                kind = _tile_kind(s, r0, r1, c0, c1)
+                if kind == SKIP:
+                    continue
+                _bwd_tile(s, kind, r0, r1 - r0, c0, c1 - c0, biash,
+                          Kp + j * Bcp * dp, KTp + j * dp * Bcp, Vp + j * Bcp * dp,
+                          Qp + i * Brp * dp, QTp + i * dp * Brp, dOp + i * Brp * dp,
+                          dOTp + i * dp * Brp, Lp + i * Brp, Dp + i * Brp, PT, dPT,
+                          dKp + j * Bcp * dp, dVp + j * Bcp * dp, dQT + i * dp * Brp)
+        for r in range(Nq):                                   # write dQ_i = scale (dQ_i^T)^T
+            for t in range(d):
+                dq[n + r * d + t] = <real>s.scale * dQT[((r // s.Br) * dp + t) * Brp + r % s.Br]
+    n = (b * s.Hkv + hk) * Nk * d
+    for r in range(Nk):                                       # Alg2 l.18: write dK_j, dV_j
+        for t in range(d):
+            dk[n + r * d + t] = dKp[((r // s.Bc) * Bcp + r % s.Bc) * dp + t]
+            dv[n + r * d + t] = dVp[((r // s.Bc) * Bcp + r % s.Bc) * dp + t]
+    free(buf)
+    return 0
+
+
+@cython.wraparound(False)
+cdef int _bwd(const Shape *s, const real *q, const real *k, const real *v, const real *bias,
+              const real *o, const real *L, const real *do, real *dq, real *dk,
+              real *dv) noexcept nogil:
+    cdef Py_ssize_t bh, failed = 0
+    for bh in prange(s.B * s.Hkv, schedule="dynamic"):
+        if _bwd_kv_head(s, bh // s.Hkv, bh % s.Hkv, q, k, v, bias, o, L, do, dq, dk, dv) != 0:
+            failed += 1
+    return -1 if failed else 0
+
+
+# ------------------------------------------------------------------ Python entry points
+
+def _check_array(name, a, ndim, dtype=None):
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype != np.float32 and a.dtype != np.float64:
+        raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
+    if dtype is not None and a.dtype != dtype:
+        raise TypeError(f"{name} has dtype {a.dtype} but q has dtype {dtype}")
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dims, got shape {a.shape}")
+
+
+def _window(is_causal, window):
+    """Twin of masks.resolve_window."""
+    if window is None:
+        left, right = -1, -1
+    else:
+        if not isinstance(window, (tuple, list)) or len(window) != 2:
+            raise ValueError(f"window must be None or a pair (left, right), got {window!r}")
+        left, right = (-1 if w is None else w for w in window)
+        for name, w in (("left", left), ("right", right)):
+            if isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < -1:
+                raise ValueError(f"window {name} must be an int >= 0 or -1/None (unbounded), "
+                                 f"got {w!r}")
+        left, right = int(left), int(right)
+    if is_causal:
+        right = 0 if right < 0 else min(right, 0)
+    return left, right
+
+
+cdef Shape _shape(q, k, v, bias, scale, is_causal, window, Br, Bc) except *:
+    """Validate the inputs (twin of checks.check_qkv) and fill a Shape."""
+    cdef Shape s
+    _check_array("q", q, 4)
+    _check_array("k", k, 4, q.dtype)
+    _check_array("v", v, 4, q.dtype)
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got {k.shape} and {v.shape}")
+    if k.shape[0] != q.shape[0] or k.shape[3] != q.shape[3]:
+        raise ValueError(f"k must be (B={q.shape[0]}, Hkv, Nk, d={q.shape[3]}), got {k.shape}")
+    s.B, s.Hq, s.Nq, s.d = q.shape
+    s.Hkv, s.Nk = k.shape[1], k.shape[2]
+    if min(s.B, s.Hq, s.Nq, s.d, s.Hkv, s.Nk) < 1:
+        raise ValueError(f"empty attention input: q {q.shape}, k {k.shape}")
+    if s.Hq % s.Hkv != 0:
+        raise ValueError(f"query heads ({s.Hq}) must be a multiple of key/value heads ({s.Hkv})")
+    s.G = s.Hq // s.Hkv
+    s.Bb = s.Hb = 1
+    if bias is not None:
+        _check_array("bias", bias, 4, q.dtype)
+        if (bias.shape[0] not in (1, s.B) or bias.shape[1] not in (1, s.Hq)
+                or bias.shape[2:] != (s.Nq, s.Nk)):
+            raise ValueError(f"bias must be (1 or {s.B}, 1 or {s.Hq}, {s.Nq}, {s.Nk}), "
+                             f"got {bias.shape}")
+        s.Bb, s.Hb = bias.shape[0], bias.shape[1]
+    if scale is None:
+        scale = 1.0 / np.sqrt(s.d)
+    scale = float(scale)
+    if not np.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale must be a positive finite float, got {scale}")
+    s.scale = scale
+    for name, blk in (("Br", Br), ("Bc", Bc)):
+        if isinstance(blk, bool) or not isinstance(blk, (int, np.integer)) or blk < 1:
+            raise ValueError(f"block size {name} must be an int >= 1, got {blk!r}")
+    s.left, s.right = _window(is_causal, window)
+    s.Br, s.Bc = min(Br, s.Nq), min(Bc, s.Nk)         # a block never needs to exceed N
+    s.Brp, s.Bcp, s.dp = _round16(s.Br), _round16(s.Bc), _round16(s.d)
+    s.Tr, s.Tc = (s.Nq + s.Br - 1) // s.Br, (s.Nk + s.Bc - 1) // s.Bc
+    if max(s.Brp, s.Bcp, s.dp) * max(s.Nq, s.Nk) >= 2 ** 31:
+        raise ValueError(f"attention too large for 32-bit tile indexing: q {q.shape}, k {k.shape}")
+    return s
+
+
+def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None, Br=64, Bc=64):
+    """FlashAttention-2 forward (Algorithm 1), twin of minitx.attention.flash2.flash2_forward.
+
+    Args:
+        q: (B, Hq, Nq, d); k, v: (B, Hkv, Nk, d), Hq a multiple of Hkv; float32 or float64.
+        bias: None or additive (Bb, Hb, Nq, Nk), Bb in {1, B}, Hb in {1, Hq}.
+        scale: None means 1/sqrt(d). is_causal: bottom-right aligned. window: (left, right).
+        Br, Bc: block sizes (any ints >= 1).
+    Returns:
+        o (B, Hq, Nq, d) and L (B, Hq, Nq) row logsumexp (+inf for fully masked rows).
+    """
+    cdef Shape s = _shape(q, k, v, bias, scale, is_causal, window, Br, Bc)
+    q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))
+    if bias is not None:
+        bias = np.ascontiguousarray(bias)
+    o = np.empty(q.shape, dtype=q.dtype)
+    L = np.empty(q.shape[:3], dtype=q.dtype)
+    KT = np.zeros(s.B * s.Hkv * s.Tc * s.Bcp * s.dp, dtype=q.dtype)   # packed K_j^T panels
+    Vp = np.zeros(s.B * s.Hkv * s.Tc * s.Bcp * s.dp, dtype=q.dtype)   # packed V_j panels
+    cdef int rc
+    if q.dtype == np.float32:
+        rc = _fwd_f32(&s, q, k, v, bias, KT, Vp, o, L)
+    else:
+        rc = _fwd_f64(&s, q, k, v, bias, KT, Vp, o, L)
+    if rc != 0:
+        raise MemoryError("flash2_forward: could not allocate scratch tiles")
+    return o, L
+
+
+def flash2_backward(q, k, v, bias, o, L, do, scale=None, is_causal=False, window=None,
+                    Br=64, Bc=64):
+    """FlashAttention-2 backward (Algorithm 2), twin of minitx.attention.flash2.flash2_backward.
+
+    Args:
+        q, k, v, bias, scale, is_causal, window, Br, Bc: as given to flash2_forward.
+        o: (B, Hq, Nq, d), L: (B, Hq, Nq) from flash2_forward; do: (B, Hq, Nq, d).
+    Returns:
+        dq (B, Hq, Nq, d), dk (B, Hkv, Nk, d), dv (B, Hkv, Nk, d).
+    """
+    cdef Shape s = _shape(q, k, v, bias, scale, is_causal, window, Br, Bc)
+    _check_array("o", o, 4, q.dtype)
+    _check_array("do", do, 4, q.dtype)
+    _check_array("L", L, 3, q.dtype)
+    if o.shape != q.shape or do.shape != q.shape or L.shape != q.shape[:3]:
+        raise ValueError(f"o {o.shape} and do {do.shape} must be {q.shape}, L {L.shape} must be "
+                         f"{q.shape[:3]}")
+    q, k, v, o, L, do = (np.ascontiguousarray(a) for a in (q, k, v, o, L, do))
+    if bias is not None:
+        bias = np.ascontiguousarray(bias)
+    dq = np.empty(q.shape, dtype=q.dtype)
+    dk = np.empty(k.shape, dtype=q.dtype)
+    dv = np.empty(v.shape, dtype=q.dtype)
+    cdef int rc
+    if q.dtype == np.float32:
+        rc = _bwd_f32(&s, q, k, v, bias, o, L, do, dq, dk, dv)
+    else:
+        rc = _bwd_f64(&s, q, k, v, bias, o, L, do, dq, dk, dv)
+    if rc != 0:
+        raise MemoryError("flash2_backward: could not allocate scratch tiles")
+    return dq, dk, dv
+
+
+# Typed entry points: take memoryviews, release the GIL, call the fused kernels.
+
+cdef int _fwd_f32(const Shape *s, const float[:, :, :, ::1] q, const float[:, :, :, ::1] k,
+                  const float[:, :, :, ::1] v, bias, float[::1] KT, float[::1] Vp,
+                  float[:, :, :, ::1] o, float[:, :, ::1] L) except? -2:
+    cdef const float[:, :, :, ::1] b4
+    cdef const float *bp = NULL
+    if bias is not None:
+        b4 = bias
+        bp = &b4[0, 0, 0, 0]
+    with nogil:
+        return _fwd(s, &q[0, 0, 0, 0], &k[0, 0, 0, 0], &v[0, 0, 0, 0], bp, &KT[0], &Vp[0],
+                    &o[0, 0, 0, 0], &L[0, 0, 0])
+
+
+cdef int _fwd_f64(const Shape *s, const double[:, :, :, ::1] q, const double[:, :, :, ::1] k,
+                  const double[:, :, :, ::1] v, bias, double[::1] KT, double[::1] Vp,
+                  double[:, :, :, ::1] o, double[:, :, ::1] L) except? -2:
+    cdef const double[:, :, :, ::1] b4
+    cdef const double *bp = NULL
+    if bias is not None:
+        b4 = bias
+        bp = &b4[0, 0, 0, 0]
+    with nogil:
+        return _fwd(s, &q[0, 0, 0, 0], &k[0, 0, 0, 0], &v[0, 0, 0, 0], bp, &KT[0], &Vp[0],
+                    &o[0, 0, 0, 0], &L[0, 0, 0])
+
+
+cdef int _bwd_f32(const Shape *s, const float[:, :, :, ::1] q, const float[:, :, :, ::1] k,
+                  const float[:, :, :, ::1] v, bias, const float[:, :, :, ::1] o,
+                  const float[:, :, ::1] L, const float[:, :, :, ::1] do,
+                  float[:, :, :, ::1] dq, float[:, :, :, ::1] dk,
+                  float[:, :, :, ::1] dv) except? -2:
+    cdef const float[:, :, :, ::1] b4
+    cdef const float *bp = NULL
+    if bias is not None:
+        b4 = bias
+        bp = &b4[0, 0, 0, 0]
+    with nogil:
+        return _bwd(s, &q[0, 0, 0, 0], &k[0, 0, 0, 0], &v[0, 0, 0, 0], bp, &o[0, 0, 0, 0],
+                    &L[0, 0, 0], &do[0, 0, 0, 0], &dq[0, 0, 0, 0], &dk[0, 0, 0, 0],
+                    &dv[0, 0, 0, 0])
+
+
+cdef int _bwd_f64(const Shape *s, const double[:, :, :, ::1] q, const double[:, :, :, ::1] k,
+                  const double[:, :, :, ::1] v, bias, const double[:, :, :, ::1] o,
+                  const double[:, :, ::1] L, const double[:, :, :, ::1] do,
+                  double[:, :, :, ::1] dq, double[:, :, :, ::1] dk,
+                  double[:, :, :, ::1] dv) except? -2:
+    cdef const double[:, :, :, ::1] b4
+    cdef const double *bp = NULL
+    if bias is not None:
+        b4 = bias
+        bp = &b4[0, 0, 0, 0]
+    with nogil:
+        return _bwd(s, &q[0, 0, 0, 0], &k[0, 0, 0, 0], &v[0, 0, 0, 0], bp, &o[0, 0, 0, 0],
+                    &L[0, 0, 0], &do[0, 0, 0, 0], &dq[0, 0, 0, 0], &dk[0, 0, 0, 0],
+                    &dv[0, 0, 0, 0])
