@@ -51,18 +51,30 @@ def _pairs(f_ref, f_new, flops, pairs):
             float(np.median(ref / new)), float(np.median(ref)), float(np.median(new)))
 
 
-def gpt_shapes(quick):
-    """(label, M, K, N, layout) of the products a GPT training step does per Linear.
+def gpt_products(quick, rng):
+    """(label, a, b) for the products one GPT training step makes, as autograd calls them.
 
-    x (BT, C) @ W (C, nC): forward; dY (BT, nC) @ W^T: input grad; x^T @ dY: weight grad.
+    Linear y = x @ W^T with W (out, in): forward x @ W.T (a transposed view), input grad
+    g @ W, weight grad g^T @ x (a transposed view); attention q @ k^T and p @ v per head.
     """
+    def r(*shape):
+        return rng.standard_normal(shape, dtype=np.float32)
     out = []
-    for BT, C in ([(2048, 128), (2048, 384)] if quick else
-                  [(2048, 128), (2048, 256), (4096, 256), (2048, 384), (4096, 384)]):
-        for n in (3, 4):
-            out.append((f"fwd  ({BT},{C})x({C},{n * C})", BT, C, n * C, "nn"))
-            out.append((f"dX   ({BT},{n * C})x({n * C},{C})^T", BT, n * C, C, "nt"))
-            out.append((f"dW   ({C},{BT})^Tx({BT},{n * C})", C, BT, n * C, "tn"))
+    configs = [(16, 128, 128, 4)] if quick else [(16, 128, 128, 4), (32, 128, 128, 4),
+                                                 (16, 128, 384, 6)]
+    for B, T, C, H in configs:
+        tag = f"B{B} T{T} C{C}"
+        x, h = r(B, T, C), r(B, T, 4 * C)
+        for name, W in (("qkv", r(3 * C, C)), ("fc", r(4 * C, C)), ("proj", r(C, 4 * C))):
+            inp = h if name == "proj" else x                       # (B, T, in)
+            g = r(B, T, W.shape[0])                                # (B, T, out)
+            out.append((f"{tag} {name} fwd", inp, W.T))
+            out.append((f"{tag} {name} dX", g, W))
+            out.append((f"{tag} {name} dW", g.reshape(-1, W.shape[0]).T, inp.reshape(-1, W.shape[1])))
+        q, k = r(B, H, T, C // H), r(B, H, T, C // H)
+        out.append((f"{tag} attn q@k^T", q, np.swapaxes(k, -1, -2)))
+        out.append((f"{tag} attn p@v", r(B, H, T, T), k))
+        out.append((f"{tag} lm_head fwd", x, r(256, C).T))
     return out
 
 
@@ -91,9 +103,10 @@ def worker(threads, quick, pairs):
     for n in sizes:
         a, b = _operands(n, n, n, "nn", rng)
         row("square", f"n={n}", 2.0 * n ** 3, lambda: a @ b, lambda: minitx_c.matmul(a, b))
-    for label, M, K, N, layout in gpt_shapes(quick):
-        a, b = _operands(M, K, N, layout, rng)
-        row("gpt", label, 2.0 * M * K * N, lambda: a @ b, lambda: minitx_c.matmul(a, b))
+    for label, a, b in gpt_products(quick, rng):
+        flops = 2.0 * np.prod(np.broadcast_shapes(a.shape[:-2], b.shape[:-2])) * a.shape[-2] \
+            * a.shape[-1] * b.shape[-1]
+        row("gpt", label, flops, lambda: a @ b, lambda: minitx_c.matmul(a, b))
     for n in ([8, 32] if quick else [4, 8, 16, 32, 48]):
         a, b = _operands(n, n, n, "nn", rng)
         row("small", f"n={n}", 2.0 * n ** 3, lambda: a @ b, lambda: minitx_c.matmul(a, b))

@@ -84,29 +84,36 @@ cdef void _pack_a(Py_ssize_t mc, Py_ssize_t kc, const float *A, Py_ssize_t rs_a,
 
 
 @cython.wraparound(False)
-cdef void _pack_b(Py_ssize_t kc, Py_ssize_t nc, const float *B, Py_ssize_t rs_b,
-                  Py_ssize_t cs_b, float *Bp, bint threaded) noexcept nogil:
-    """Bp[jr*kc + p*NR + j] = B[p, jr + j]: NR-wide micro-panels, zero-padded at the edge."""
-    cdef Py_ssize_t jp, jr, nr, p, j
-    cdef float *dst
-    cdef const float *src
-    for jp in prange((nc + NR - 1) // NR, schedule="static", use_threads_if=threaded):
-        jr = jp * NR
-        nr = min(NR, nc - jr)
-        dst = Bp + jr * kc
-        src = B + jr * cs_b
-        if nr == NR and cs_b == 1:                  # rows of B contiguous (C order)
-            for p in range(kc):
-                for j in range(16):
-                    dst[p * 16 + j] = src[p * rs_b + j]
-        elif nr == NR and rs_b == 1:                # columns contiguous (B is a transposed view)
+cdef void _pack_b_panel(Py_ssize_t jp, Py_ssize_t kc, Py_ssize_t nc, const float *B,
+                        Py_ssize_t rs_b, Py_ssize_t cs_b, float *Bp) noexcept nogil:
+    """Micro-panel jp: Bp[jr*kc + p*NR + j] = B[p, jr + j] with jr = jp*NR, zero-padded."""
+    cdef Py_ssize_t jr = jp * NR, nr = min(<Py_ssize_t>NR, nc - jp * NR), p, j
+    cdef float *dst = Bp + jr * kc
+    cdef const float *src = B + jr * cs_b
+    if nr == NR and cs_b == 1:                      # rows of B contiguous (C order)
+        for p in range(kc):
             for j in range(16):
-                for p in range(kc):
-                    dst[p * 16 + j] = src[j * cs_b + p]
-        else:
+                dst[p * 16 + j] = src[p * rs_b + j]
+    elif nr == NR and rs_b == 1:                    # columns contiguous (B is a transposed view)
+        for j in range(16):
             for p in range(kc):
-                for j in range(NR):
-                    dst[p * NR + j] = src[p * rs_b + j * cs_b] if j < nr else 0
+                dst[p * 16 + j] = src[j * cs_b + p]
+    else:
+        for p in range(kc):
+            for j in range(NR):
+                dst[p * NR + j] = src[p * rs_b + j * cs_b] if j < nr else 0
+
+
+cdef void _pack_b(Py_ssize_t kc, Py_ssize_t nc, const float *B, Py_ssize_t rs_b,
+                  Py_ssize_t cs_b, float *Bp, int nthreads) noexcept nogil:
+    """Pack a (kc, nc) block of B into NR-wide micro-panels (threads split the panels)."""
+    cdef Py_ssize_t jp, n_panels = (nc + NR - 1) // NR
+    if nthreads > 1:                 # (an `if`, not prange's use_threads_if: an OpenMP region
+        for jp in prange(n_panels, schedule="static", num_threads=nthreads):  # costs ~1 us)
+            _pack_b_panel(jp, kc, nc, B, rs_b, cs_b, Bp)
+    else:
+        for jp in range(n_panels):
+            _pack_b_panel(jp, kc, nc, B, rs_b, cs_b, Bp)
 
 
 # ------------------------------------------------------------------------ the loop nest
@@ -138,6 +145,17 @@ cdef void _macro_kernel(Py_ssize_t mc, Py_ssize_t nc, Py_ssize_t kc, const float
 
 
 @cython.wraparound(False)
+cdef void _ic_block(Py_ssize_t blk, Py_ssize_t mc_blk, Py_ssize_t M, Py_ssize_t kc,
+                    Py_ssize_t nc, const float *A, Py_ssize_t rs_a, Py_ssize_t cs_a,
+                    const float *Bp, float *Ap, float *C, Py_ssize_t rs_c, Py_ssize_t cs_c,
+                    int beta) noexcept nogil:
+    """One iteration of the 3rd loop: pack rows ic:ic+mc of A, then loops 2 and 1."""
+    cdef Py_ssize_t ic = blk * mc_blk, mc = min(mc_blk, M - blk * mc_blk)
+    _pack_a(mc, kc, A + ic * rs_a, rs_a, cs_a, Ap)
+    _macro_kernel(mc, nc, kc, Ap, Bp, C + ic * rs_c, rs_c, cs_c, beta)
+
+
+@cython.wraparound(False)
 cdef void _gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                 const float *A, Py_ssize_t rs_a, Py_ssize_t cs_a,
                 const float *B, Py_ssize_t rs_b, Py_ssize_t cs_b,
@@ -148,25 +166,25 @@ cdef void _gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
     mc_blk: rows of A per block of the 3rd loop (a multiple of MR, at most MC, chosen so the
     blocks split evenly over `nthreads`); Ap_all holds one MC x KC buffer per thread.
     """
-    cdef Py_ssize_t jb, jc, nc, pb, pc, kc, blk, ic, mc, n_blk = (M + mc_blk - 1) // mc_blk
+    cdef Py_ssize_t jb, jc, nc, pb, pc, kc, blk, n_blk = (M + mc_blk - 1) // mc_blk
     cdef int beta
-    cdef float *Ap
-    cdef bint threaded = nthreads > 1
     for jb in range((N + NC - 1) // NC):                                   # 5th loop
         jc = jb * NC
         nc = min(NC, N - jc)
         for pb in range((K + KC - 1) // KC):                               # 4th loop
             pc = pb * KC
             kc = min(KC, K - pc)
-            _pack_b(kc, nc, B + pc * rs_b + jc * cs_b, rs_b, cs_b, Bp, threaded)
+            _pack_b(kc, nc, B + pc * rs_b + jc * cs_b, rs_b, cs_b, Bp, nthreads)
             beta = 1 if (accumulate or pc > 0) else 0
-            for blk in prange(n_blk, schedule="static", use_threads_if=threaded,
-                              num_threads=nthreads):             # 3rd loop, in parallel
-                ic = blk * mc_blk
-                mc = min(mc_blk, M - ic)
-                Ap = Ap_all + (mtx_get_thread_num() if threaded else 0) * mc_blk * KC
-                _pack_a(mc, kc, A + ic * rs_a + pc * cs_a, rs_a, cs_a, Ap)
-                _macro_kernel(mc, nc, kc, Ap, Bp, C + ic * rs_c + jc * cs_c, rs_c, cs_c, beta)
+            if nthreads > 1:
+                for blk in prange(n_blk, schedule="static", num_threads=nthreads):  # 3rd loop
+                    _ic_block(blk, mc_blk, M, kc, nc, A + pc * cs_a, rs_a, cs_a, Bp,
+                              Ap_all + mtx_get_thread_num() * mc_blk * KC,
+                              C + jc * cs_c, rs_c, cs_c, beta)
+            else:
+                for blk in range(n_blk):                                         # 3rd loop
+                    _ic_block(blk, mc_blk, M, kc, nc, A + pc * cs_a, rs_a, cs_a, Bp, Ap_all,
+                              C + jc * cs_c, rs_c, cs_c, beta)
 
 
 @cython.wraparound(False)
@@ -367,11 +385,21 @@ def _matmul_general(a, b, out, bint accumulate):
         if not accumulate:
             C[...] = 0
         return result
-    A = _usable_strides(a2)
-    B = _usable_strides(b2)
     L = 1
     for n in lead:
         L *= n
+    if L > 1 and b2.ndim == 2:
+        # b is shared by the whole batch (x @ W in a Linear): fold the batch into M, so B is
+        # packed once and the row blocks of all batches feed the threads.
+        Cf = C.view()
+        try:
+            Cf.shape = (L * M, N)                                # a view, never a copy
+        except AttributeError:
+            Cf = None
+        if Cf is not None:
+            a2, C, M, L, lead = a2.reshape(L * M, K), Cf, L * M, 1, ()
+    A = _usable_strides(a2)
+    B = _usable_strides(b2)
     if L == 1:
         oa = ob = oc = _ZERO_OFF
         As, Bs, Cs = (<object>A).strides[-2:], (<object>B).strides[-2:], (<object>C).strides[-2:]

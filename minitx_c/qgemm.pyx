@@ -133,30 +133,41 @@ cdef void _macro_kernel_i8(Py_ssize_t mc, Py_ssize_t nc, Py_ssize_t kp, const in
 
 
 @cython.wraparound(False)
+cdef void _ic_block_i8(Py_ssize_t blk, Py_ssize_t mc_blk, Py_ssize_t M, Py_ssize_t kc,
+                       Py_ssize_t nc, const int8_t *A, Py_ssize_t rs_a, Py_ssize_t cs_a,
+                       const int16_t *Bp, int16_t *Ap, int32_t *C, Py_ssize_t rs_c,
+                       int beta) noexcept nogil:
+    """One iteration of the 3rd loop: pack rows ic:ic+mc of A as int16 pairs, loops 2 and 1."""
+    cdef Py_ssize_t ic = blk * mc_blk, mc = min(mc_blk, M - blk * mc_blk)
+    _pack_a_i8(mc, kc, A + ic * rs_a, rs_a, cs_a, Ap)
+    _macro_kernel_i8(mc, nc, (kc + 1) // 2, Ap, Bp, C + ic * rs_c, rs_c, beta)
+
+
+@cython.wraparound(False)
 cdef void _gemm_i8(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                    const int8_t *A, Py_ssize_t rs_a, Py_ssize_t cs_a,
                    const int8_t *B, Py_ssize_t rs_b, Py_ssize_t cs_b,
                    int32_t *C, Py_ssize_t rs_c, Py_ssize_t mc_blk, int nthreads,
                    int16_t *Bp, int16_t *Ap_all) noexcept nogil:
     """C = A @ B (int32, C row-major with row stride rs_c), the five BLIS loops. K >= 1."""
-    cdef Py_ssize_t jb, jc, nc, pb, pc, kc, kp, blk, ic, mc, n_blk = (M + mc_blk - 1) // mc_blk
+    cdef Py_ssize_t jb, jc, nc, pb, pc, kc, blk, n_blk = (M + mc_blk - 1) // mc_blk
     cdef bint threaded = nthreads > 1
-    cdef int16_t *Ap
     for jb in range((N + NC - 1) // NC):                       # 5th loop
         jc = jb * NC
         nc = min(NC, N - jc)
         for pb in range((K + KC - 1) // KC):                   # 4th loop
             pc = pb * KC
             kc = min(KC, K - pc)
-            kp = (kc + 1) // 2
             _pack_b_i8(kc, nc, B + pc * rs_b + jc * cs_b, rs_b, cs_b, Bp)
-            for blk in prange(n_blk, schedule="static", use_threads_if=threaded,
-                              num_threads=nthreads):           # 3rd loop, in parallel
-                ic = blk * mc_blk
-                mc = min(mc_blk, M - ic)
-                Ap = Ap_all + (mtx_get_thread_num() if threaded else 0) * mc_blk * KC
-                _pack_a_i8(mc, kc, A + ic * rs_a + pc * cs_a, rs_a, cs_a, Ap)
-                _macro_kernel_i8(mc, nc, kp, Ap, Bp, C + ic * rs_c + jc, rs_c, 1 if pc > 0 else 0)
+            if threaded:
+                for blk in prange(n_blk, schedule="static", num_threads=nthreads):  # 3rd loop
+                    _ic_block_i8(blk, mc_blk, M, kc, nc, A + pc * cs_a, rs_a, cs_a, Bp,
+                                 Ap_all + mtx_get_thread_num() * mc_blk * KC, C + jc, rs_c,
+                                 1 if pc > 0 else 0)
+            else:
+                for blk in range(n_blk):
+                    _ic_block_i8(blk, mc_blk, M, kc, nc, A + pc * cs_a, rs_a, cs_a, Bp, Ap_all,
+                                 C + jc, rs_c, 1 if pc > 0 else 0)
 
 
 cdef _matmul_int8_2d(cnp.ndarray A, cnp.ndarray B, cnp.ndarray C):
@@ -227,22 +238,34 @@ cdef void _qlinear_rows(const float *X, Py_ssize_t M, Py_ssize_t K, const void *
                         Py_ssize_t G, const float *bias, float *Y, Py_ssize_t N,
                         int nthreads) noexcept nogil:
     """Y[m, n] = sum_g scale[n, g] * dot(X[m, gG:(g+1)G], q[n, gG:(g+1)G]) (+ bias[n])."""
-    cdef Py_ssize_t n, m, g
+    cdef Py_ssize_t n
+    if nthreads > 1:
+        for n in prange(N, schedule="static", num_threads=nthreads):   # one output channel each
+            _qlinear_channel(n, X, M, K, W, row_bytes, int4, S, n_groups, G, bias, Y, N)
+    else:
+        for n in range(N):
+            _qlinear_channel(n, X, M, K, W, row_bytes, int4, S, n_groups, G, bias, Y, N)
+
+
+@cython.wraparound(False)
+cdef void _qlinear_channel(Py_ssize_t n, const float *X, Py_ssize_t M, Py_ssize_t K,
+                           const void *W, Py_ssize_t row_bytes, bint int4, const float *S,
+                           Py_ssize_t n_groups, Py_ssize_t G, const float *bias, float *Y,
+                           Py_ssize_t N) noexcept nogil:
+    """Output channel n for every row m: the weight row is read once, from L1 after row 0."""
+    cdef Py_ssize_t m, g
     cdef float acc
-    cdef const char *wrow
-    for n in prange(N, schedule="static", num_threads=nthreads,
-                    use_threads_if=nthreads > 1):               # one output channel each
-        wrow = <const char *>W + n * row_bytes
-        for m in range(M):
-            acc = 0
-            for g in range(n_groups):
-                if int4:
-                    acc = acc + S[n * n_groups + g] * mtx_dot_f32_i4(
-                        X + m * K + g * G, <const uint8_t *>wrow + g * G // 2, G)
-                else:
-                    acc = acc + S[n * n_groups + g] * mtx_dot_f32_i8(
-                        X + m * K + g * G, <const int8_t *>wrow + g * G, G)
-            Y[m * N + n] = acc + (bias[n] if bias != NULL else 0)
+    cdef const char *wrow = <const char *>W + n * row_bytes
+    for m in range(M):
+        acc = 0
+        for g in range(n_groups):
+            if int4:
+                acc = acc + S[n * n_groups + g] * mtx_dot_f32_i4(
+                    X + m * K + g * G, <const uint8_t *>wrow + g * G // 2, G)
+            else:
+                acc = acc + S[n * n_groups + g] * mtx_dot_f32_i8(
+                    X + m * K + g * G, <const int8_t *>wrow + g * G, G)
+        Y[m * N + n] = acc + (bias[n] if bias != NULL else 0)
 
 
 @cython.wraparound(False)
