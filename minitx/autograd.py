@@ -658,8 +658,17 @@ class GetItem(Function):
     @staticmethod
     def backward(ctx, g):
         out = np.zeros(ctx.shape, dtype=ctx.dtype)
-        np.add.at(out, ctx.index, g)
+        if _is_basic_index(ctx.index):
+            out[ctx.index] += g          # slices and ints never select an element twice
+        else:
+            np.add.at(out, ctx.index, g)
         return out
+
+
+def _is_basic_index(index):
+    items = index if isinstance(index, tuple) else (index,)
+    return all(i is None or i is Ellipsis or isinstance(i, (int, np.integer, slice))
+               for i in items)
 
 
 class MaskedFill(Function):

@@ -1,0 +1,266 @@
+"""A decoder-only transformer language model (GPT) on minitx's autograd.
+
+    x = wte[idx] (+ wpe[pos])                                   token (+ learned position) embedding
+    for each block:  x = x + Attn(Norm(x));  x = x + MLP(Norm(x))  pre-norm residual blocks
+    logits = Norm(x) @ wte^T  (tied)  or  lm_head(Norm(x))
+
+References: Radford et al. 2019 (GPT-2: pre-norm, 0.02 init, scaled residual init); Vaswani et
+al. 2017 (arXiv 1706.03762, multi-head attention); Su et al. 2021 (arXiv 2104.09864, RoPE);
+Shazeer 2020 (arXiv 2002.05202, SwiGLU); FLOPs per token from Chowdhery et al. 2022 (PaLM,
+arXiv 2204.02311, appendix B): 6N + 12 L H Q T for training, a third of that forward only.
+"""
+import dataclasses
+import math
+
+import numpy as np
+
+from minitx import random as _random
+from minitx.autograd import Function, Tensor, no_grad
+from minitx.nn import functional as F
+from minitx.nn.modules import Embedding, LayerNorm, Linear, Module, ModuleList, RMSNorm
+from minitx.ops import cat
+
+
+@dataclasses.dataclass
+class GPTConfig:
+    vocab_size: int = 256
+    block_size: int = 128          # maximum context length T
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = True              # biases in Linear layers and LayerNorm
+    norm: str = "layernorm"        # "layernorm" | "rmsnorm"
+    pos: str = "learned"           # "learned" | "rope"
+    mlp: str = "gelu"              # "gelu" (4C hidden, tanh GELU) | "swiglu" (8C/3 hidden)
+    tie_weights: bool = True       # lm_head shares wte's weight
+    attention: str = "naive"       # implementation passed to F.scaled_dot_product_attention
+
+    def __post_init__(self):
+        checks = {
+            "n_embd % n_head": self.n_embd % self.n_head == 0,
+            "norm": self.norm in ("layernorm", "rmsnorm"),
+            "pos": self.pos in ("learned", "rope"),
+            "mlp": self.mlp in ("gelu", "swiglu"),
+            "positive sizes": min(self.vocab_size, self.block_size, self.n_layer, self.n_head,
+                                  self.n_embd) > 0,
+            "dropout in [0, 1)": 0.0 <= self.dropout < 1.0,
+            "rope needs an even head dim": self.pos != "rope" or (self.n_embd // self.n_head) % 2 == 0,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"invalid GPTConfig ({', '.join(bad)}): {self}")
+
+    @property
+    def head_dim(self):
+        return self.n_embd // self.n_head
+
+
+CONFIGS = {
+    # the default run: trains in a few minutes on 2 CPU cores
+    "default": dict(n_layer=4, n_head=4, n_embd=128, block_size=128),
+    # for tests and tutorials' quick mode
+    "tiny": dict(n_layer=2, n_head=2, n_embd=32, block_size=32),
+    # a llama-flavoured variant: RMSNorm, RoPE, SwiGLU, no biases, untied head
+    "llama": dict(n_layer=4, n_head=4, n_embd=128, block_size=128, norm="rmsnorm", pos="rope",
+                  mlp="swiglu", bias=False, tie_weights=False),
+    "small": dict(n_layer=6, n_head=6, n_embd=192, block_size=256),
+}
+
+
+def get_config(name, **overrides):
+    """A named GPTConfig ("default", "tiny", "llama", "small") with optional field overrides."""
+    if name not in CONFIGS:
+        raise ValueError(f"unknown config {name!r}; choose from {sorted(CONFIGS)}")
+    return GPTConfig(**{**CONFIGS[name], **overrides})
+
+
+# ============================== rotary positions =============================================
+def rope_tables(head_dim, positions, base=10000.0):
+    """cos and sin tables (T, head_dim/2) for RoPE at integer `positions` (T,)."""
+    inv_freq = base ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)   # (d/2,)
+    angles = np.asarray(positions, dtype=np.float64)[:, None] * inv_freq[None, :]  # (T, d/2)
+    return np.cos(angles), np.sin(angles)
+
+
+class _Rope(Function):
+    """Rotate pairs (x1, x2) = (x[..., :d/2], x[..., d/2:]) by angle theta_{t,i}:
+    (x1 cos - x2 sin, x1 sin + x2 cos). The backward is the rotation by -theta."""
+    @staticmethod
+    def forward(ctx, x, cos, sin):
+        ctx.cos, ctx.sin = cos, sin
+        return _rotate(x, cos, sin)
+
+    @staticmethod
+    def backward(ctx, g):
+        return _rotate(g, ctx.cos, -ctx.sin), None, None
+
+
+def _rotate(x, cos, sin):
+    h = x.shape[-1] // 2
+    x1, x2 = x[..., :h], x[..., h:]                                # (B, H, T, d/2)
+    c, s = cos.astype(x.dtype), sin.astype(x.dtype)                # (T, d/2)
+    return np.concatenate([x1 * c - x2 * s, x1 * s + x2 * c], axis=-1)
+
+
+# ============================== blocks =======================================================
+def _norm(config):
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.n_embd)
+    return LayerNorm(config.n_embd, bias=config.bias)
+
+
+class CausalSelfAttention(Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.qkv = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
+
+    def forward(self, x, rope=None, cache=None):
+        """x (B, T, C) -> (B, T, C). `cache` is a dict holding "k", "v" arrays (B, H, S, d) of
+        earlier positions (inference only); it is extended in place."""
+        B, T, C = x.shape
+        H, d = self.config.n_head, self.config.head_dim
+        qkv = self.qkv(x).reshape(B, T, 3, H, d).permute(2, 0, 3, 1, 4)      # (3, B, H, T, d)
+        q, k, v = qkv[0], qkv[1], qkv[2]                                       # (B, H, T, d)
+        if rope is not None:
+            q, k = _Rope.apply(q, *rope), _Rope.apply(k, *rope)
+        if cache is not None:
+            if "k" in cache:
+                k = Tensor(np.concatenate([cache["k"], k.data], axis=2))       # (B, H, S+T, d)
+                v = Tensor(np.concatenate([cache["v"], v.data], axis=2))
+            cache["k"], cache["v"] = k.data, v.data
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                           impl=self.config.attention)        # (B, H, T, d)
+        y = y.permute(0, 2, 1, 3).reshape(B, T, C)                             # (B, T, C)
+        return F.dropout(self.proj(y), self.config.dropout, self.training)
+
+
+class MLP(Module):
+    def __init__(self, config):
+        super().__init__()
+        self.kind, self.dropout = config.mlp, config.dropout
+        C = config.n_embd
+        if config.mlp == "swiglu":
+            hidden = 4 * ((8 * C // 3 + 3) // 4)
+            self.w1 = Linear(C, hidden, bias=config.bias)      # gate
+            self.w3 = Linear(C, hidden, bias=config.bias)      # up
+            self.w2 = Linear(hidden, C, bias=config.bias)      # down
+        else:
+            self.fc = Linear(C, 4 * C, bias=config.bias)
+            self.proj = Linear(4 * C, C, bias=config.bias)
+
+    def forward(self, x):                                      # (B, T, C) -> (B, T, C)
+        if self.kind == "swiglu":
+            h = F.silu(self.w1(x)) * self.w3(x)                # (B, T, hidden)
+            out = self.w2(h)
+        else:
+            out = self.proj(F.gelu(self.fc(x), approximate="tanh"))
+        return F.dropout(out, self.dropout, self.training)
+
+
+class Block(Module):
+    def __init__(self, config):
+        super().__init__()
+        self.ln1, self.attn = _norm(config), CausalSelfAttention(config)
+        self.ln2, self.mlp = _norm(config), MLP(config)
+
+    def forward(self, x, rope=None, cache=None):
+        x = x + self.attn(self.ln1(x), rope, cache)
+        return x + self.mlp(self.ln2(x))
+
+
+# ============================== the model ====================================================
+class GPT(Module):
+    """Decoder-only transformer LM. `forward(idx, targets=None)` -> (logits, loss)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.wte = Embedding(config.vocab_size, config.n_embd)
+        if config.pos == "learned":
+            self.wpe = Embedding(config.block_size, config.n_embd)
+        self.blocks = ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.ln_f = _norm(config)
+        if not config.tie_weights:
+            self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
+        self._init_weights()
+
+    def _init_weights(self):
+        """GPT-2: N(0, 0.02) weights, zero biases, residual projections N(0, 0.02/sqrt(2L))."""
+        rng = _random.generator()
+        resid_std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        for name, p in self.named_parameters():
+            if name.endswith("bias"):
+                p.data[...] = 0
+            elif p.data.ndim == 2:
+                std = resid_std if name.endswith(("attn.proj.weight", "mlp.proj.weight",
+                                                  "mlp.w2.weight")) else 0.02
+                p.data[...] = rng.normal(0.0, std, size=p.shape)
+
+    def forward(self, idx, targets=None, caches=None, start_pos=0):
+        """Logits for every position, and the mean cross-entropy if targets are given.
+
+        Args:
+            idx: (B, T) integer token ids in [0, vocab_size), T + start_pos <= block_size.
+            targets: optional (B, T) next-token ids (-100 to ignore).
+            caches: optional list of per-layer dicts for KV-cache decoding (see `generate`).
+            start_pos: position of idx[:, 0] (the number of tokens already in the caches).
+        Returns:
+            (logits (B, T, V) Tensor, loss scalar Tensor or None).
+        """
+        idx = np.asarray(idx)
+        if idx.ndim != 2:
+            raise ValueError(f"idx must be (B, T) token ids, got shape {idx.shape}")
+        B, T = idx.shape
+        cfg = self.config
+        if start_pos + T > cfg.block_size:
+            raise ValueError(f"sequence of {start_pos + T} positions exceeds block_size "
+                             f"{cfg.block_size}")
+        x = self.wte(idx)                                                    # (B, T, C)
+        rope = None
+        positions = np.arange(start_pos, start_pos + T)
+        if cfg.pos == "learned":
+            x = x + self.wpe(positions)                                      # (T, C) broadcast
+        else:
+            rope = rope_tables(cfg.head_dim, positions)
+        x = F.dropout(x, cfg.dropout, self.training)
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, None if caches is None else caches[i])
+        x = self.ln_f(x)
+        if cfg.tie_weights:
+            logits = F.linear(x, self.wte.weight)                            # (B, T, V)
+        else:
+            logits = self.lm_head(x)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.reshape(B * T, cfg.vocab_size),
+                                   np.asarray(targets).reshape(B * T))
+        return logits, loss
+
+    def num_params(self, non_embedding=False):
+        """Parameter count; non_embedding=True leaves out the position table (and the token
+        table unless it doubles as the output head), as GPT-2 and Kaplan et al. count."""
+        n = self.num_parameters()
+        if non_embedding and self.config.pos == "learned":
+            n -= self.wpe.weight.data.size
+        return n
+
+    def flops_per_token(self, training=True):
+        """6N + 12 L H Q T (PaLM appendix B) with N non-embedding parameters and T the full
+        context; forward only is a third of it."""
+        c = self.config
+        n = self.num_params(non_embedding=True)
+        total = 6 * n + 12 * c.n_layer * c.n_head * c.head_dim * c.block_size
+        return total if training else total // 3
+
+    def new_caches(self):
+        """One empty KV cache per layer, for `forward(..., caches=...)`."""
+        return [dict() for _ in self.blocks]
+
+    @no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, rng=None):
+        """Sample continuations with a KV cache. See `minitx.generate.sample`."""
+        from minitx.generate import sample
+        return sample(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, rng=rng)
