@@ -32,6 +32,7 @@ cdef extern from "gemm_kernel.h" nogil:
     void mtx_aligned_free(void *p)
     void *mtx_buffer_acquire(size_t nbytes, size_t *capacity)
     void mtx_buffer_release(void *p, size_t capacity)
+    void mtx_pack_a6_rows(Py_ssize_t kc, const float *src, Py_ssize_t rs_a, float *dst)
     void mtx_sgemm_ukernel(Py_ssize_t kc, const float *a, const float *b, float *c,
                            Py_ssize_t rs_c, int beta)
 
@@ -69,10 +70,8 @@ cdef void _pack_a(Py_ssize_t mc, Py_ssize_t kc, const float *A, Py_ssize_t rs_a,
         mr = min(MR, mc - ir)
         dst = Ap + ir * kc
         src = A + ir * rs_a
-        if mr == MR and cs_a == 1:                  # rows of A contiguous (C order)
-            for p in range(kc):
-                for i in range(6):
-                    dst[p * 6 + i] = src[i * rs_a + p]
+        if mr == MR and cs_a == 1:                  # rows of A contiguous (C order):
+            mtx_pack_a6_rows(kc, src, rs_a, dst)    # 6 x 8 register transposes (header)
         elif mr == MR and rs_a == 1:                # columns contiguous (Fortran order, A^T)
             for p in range(kc):
                 for i in range(6):

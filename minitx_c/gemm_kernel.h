@@ -84,6 +84,47 @@ static void mtx_buffer_release(void *p, size_t capacity)
     }
 }
 
+/* Pack one full MR-tall micro-panel of a row-major A (unit column stride):
+ * dst[p * 6 + i] = src[i * rs_a + p] for i < 6, p < kc. With AVX2: 8 k at a time, the 6 x 8
+ * block is transposed in registers (unpack / shuffle / permute, as an 8 x 8 transpose whose
+ * rows 6 and 7 are zero) and stored as 8 overlapping groups of 6. */
+static inline void mtx_pack_a6_rows(ptrdiff_t kc, const float *restrict src, ptrdiff_t rs_a,
+                                    float *restrict dst)
+{
+    ptrdiff_t p = 0;
+    int i;
+#if MTX_SIMD
+    const __m256i keep6 = _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, 0, 0);
+    const __m256 z = _mm256_setzero_ps();
+    for (; p + 8 <= kc; p += 8) {
+        __m256 r0 = _mm256_loadu_ps(src + 0 * rs_a + p), r1 = _mm256_loadu_ps(src + 1 * rs_a + p);
+        __m256 r2 = _mm256_loadu_ps(src + 2 * rs_a + p), r3 = _mm256_loadu_ps(src + 3 * rs_a + p);
+        __m256 r4 = _mm256_loadu_ps(src + 4 * rs_a + p), r5 = _mm256_loadu_ps(src + 5 * rs_a + p);
+        __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+        __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+        __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+        __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+        __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+        __m256 u4 = _mm256_shuffle_ps(t4, z, 0x44), u5 = _mm256_shuffle_ps(t4, z, 0xEE);
+        __m256 u6 = _mm256_shuffle_ps(t5, z, 0x44), u7 = _mm256_shuffle_ps(t5, z, 0xEE);
+        /* column p+j of the 6 rows = (low half of u_j | low half of u_{j+4}) for j < 4,
+         * and the high halves for p+4+j */
+        float *d = dst + p * 6;
+        _mm256_storeu_ps(d + 0, _mm256_permute2f128_ps(u0, u4, 0x20));
+        _mm256_storeu_ps(d + 6, _mm256_permute2f128_ps(u1, u5, 0x20));
+        _mm256_storeu_ps(d + 12, _mm256_permute2f128_ps(u2, u6, 0x20));
+        _mm256_storeu_ps(d + 18, _mm256_permute2f128_ps(u3, u7, 0x20));
+        _mm256_storeu_ps(d + 24, _mm256_permute2f128_ps(u0, u4, 0x31));
+        _mm256_storeu_ps(d + 30, _mm256_permute2f128_ps(u1, u5, 0x31));
+        _mm256_storeu_ps(d + 36, _mm256_permute2f128_ps(u2, u6, 0x31));
+        _mm256_maskstore_ps(d + 42, keep6, _mm256_permute2f128_ps(u3, u7, 0x31));
+    }
+#endif
+    for (; p < kc; p++)
+        for (i = 0; i < 6; i++)
+            dst[p * 6 + i] = src[i * rs_a + p];
+}
+
 /* ---------------------------------------------------------------- float32, 6 x 16 */
 static inline void mtx_sgemm_ukernel(ptrdiff_t kc, const float *restrict a,
                                      const float *restrict b, float *restrict c,
