@@ -118,7 +118,20 @@ _init()
 def matmul(a, b):
     """The matrix product autograd uses for forward and backward: `np.matmul` semantics.
 
-    The GEMM issue routes float32 products to `minitx_c.matmul` when the "c" backend is active
-    and the shape is one where the Cython GEMM is measured to be at least as fast as OpenBLAS.
+    On the "c" backend, float32 x float32 goes to `minitx_c.matmul` (the BLIS-style GEMM of
+    `minitx_c/gemm.pyx`); everything else, and the "numpy" backend, to `np.matmul`.
+    `python benchmarks/gemm.py` measures the products of a GPT training step on both: the
+    Cython kernel is at parity with OpenBLAS on them (within the run-to-run noise of a shared
+    machine) and has less call overhead on small ones, and sending every float32 product to
+    one library keeps a single thread pool busy instead of OpenBLAS's and OpenMP's competing
+    for the cores.
+
+    Args:
+        a: (..., M, K) or (K,); b: (..., K, N) or (K,).
+    Returns:
+        (..., M, N) array, like np.matmul(a, b).
     """
+    if (_active == "c" and type(a) is np.ndarray and type(b) is np.ndarray
+            and a.dtype == np.float32 and b.dtype == np.float32 and a.ndim and b.ndim):
+        return _C.matmul(a, b)
     return np.matmul(a, b)
