@@ -14,15 +14,17 @@ how each tile is computed:
     is a plain row-major GEMM: dV_j += P^T dO_i, dK_j += dS^T Q_i and dQ_i^T += K_j^T dS^T.
 Parallelism (OpenMP, when built with it): the forward runs (batch x head x Q block) tasks, the
 backward one task per (batch x KV head), since the KV heads of a GQA group share dK, dV.
-Inputs are validated and made contiguous before the GIL is released.
+Scratch memory is allocated by NumPy before the GIL is released, one slice per thread, so the
+kernels never allocate. Inputs are validated and made contiguous first.
 """
 cimport cython
 import numpy as np
 cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.math cimport INFINITY, exp, log
-from libc.stdlib cimport calloc, free
 from libc.string cimport memset
+
+from minitx_c.omp cimport mtx_get_max_threads, mtx_get_thread_num
 
 cnp.import_array()
 
@@ -192,46 +194,49 @@ cdef void _fwd_q_block(const Shape *s, const real *Qh, const real *KTh, const re
             Lh[r0 + r] = INFINITY
 
 
+cdef inline Py_ssize_t _fwd_scratch(const Shape *s) noexcept nogil:
+    """Scratch floats per thread for the forward: Q_i, S, O_i tiles and m, l."""
+    return s.Brp * s.d + s.Brp * s.Bcp + s.Brp * s.dp + 2 * s.Brp
+
+
 @cython.wraparound(False)
-cdef int _fwd(const Shape *s, const real *q, const real *k, const real *v, const real *bias,
-              real *KT, real *Vp, real *o, real *L) noexcept nogil:
-    """All heads: pack K^T and V per KV head, then one task per (b, h, Q block). Returns 0, or -1
-    if a scratch allocation failed."""
+cdef void _fwd(const Shape *s, const real *q, const real *k, const real *v, const real *bias,
+               real *KT, real *Vp, real *scratch, int nthreads, real *o,
+               real *L) noexcept nogil:
+    """All heads: pack K^T and V per KV head, then one task per (b, h, Q block); each thread
+    works in its own slice of `scratch` (nthreads x _fwd_scratch)."""
     cdef Py_ssize_t Nq = s.Nq, Nk = s.Nk, d = s.d, kvsize = s.Tc * s.Bcp * s.dp
-    cdef Py_ssize_t bh, task, b, h, hk, i, failed = 0
+    cdef Py_ssize_t bh, task, b, h, hk, i
     cdef const real *biash
     cdef real *Qi
-    cdef real *S
-    cdef real *Oi
-    cdef real *m
-    cdef real *l
-    for bh in prange(s.B * s.Hkv, schedule="static"):         # Alg1 l.7 panels, once per KV head
+    for bh in prange(s.B * s.Hkv, schedule="static", num_threads=nthreads):
         _pack_cols(k + bh * Nk * d, Nk, d, s.Bc, s.Bcp, s.dp, <real>1, KT + bh * kvsize)
         _pack_rows(v + bh * Nk * d, Nk, d, s.Bc, s.Bcp, s.dp, <real>1, Vp + bh * kvsize)
-    for task in prange(s.B * s.Hq * s.Tr, schedule="dynamic"):  # Alg1 l.3, in parallel
-        i = task % s.Tr
+    for task in prange(s.B * s.Hq * s.Tr, schedule="dynamic", num_threads=nthreads):
+        i = task % s.Tr                                       # Alg1 l.3, in parallel
         h = (task // s.Tr) % s.Hq
         b = task // (s.Tr * s.Hq)
         hk = h // s.G                                         # GQA: query head h uses KV head h // G
         biash = NULL
         if bias != NULL:
             biash = bias + ((b if s.Bb > 1 else 0) * s.Hb + (h if s.Hb > 1 else 0)) * Nq * Nk
-        Qi = <real *>calloc(s.Brp * d + s.Brp * s.Bcp + s.Brp * s.dp + 2 * s.Brp, sizeof(real))
-        if Qi == NULL:
-            failed += 1
-            continue
-        S = Qi + s.Brp * d
-        Oi = S + s.Brp * s.Bcp
-        m = Oi + s.Brp * s.dp
-        l = m + s.Brp
+        Qi = scratch + mtx_get_thread_num() * _fwd_scratch(s)
         _fwd_q_block(s, q + (b * s.Hq + h) * Nq * d, KT + (b * s.Hkv + hk) * kvsize,
-                     Vp + (b * s.Hkv + hk) * kvsize, biash, i, Qi, S, Oi, m, l,
+                     Vp + (b * s.Hkv + hk) * kvsize, biash, i, Qi, Qi + s.Brp * d,
+                     Qi + s.Brp * d + s.Brp * s.Bcp,
+                     Qi + s.Brp * d + s.Brp * s.Bcp + s.Brp * s.dp,
+                     Qi + s.Brp * d + s.Brp * s.Bcp + s.Brp * s.dp + s.Brp,
                      o + (b * s.Hq + h) * Nq * d, L + (b * s.Hq + h) * Nq)
-        free(Qi)
-    return -1 if failed else 0
 
 
 # ------------------------------------------------------------------ backward (Algorithm 2)
+
+cdef inline Py_ssize_t _bwd_scratch(const Shape *s) noexcept nogil:
+    """Scratch floats per thread for the backward of one KV head: packed K, K^T, V, dK, dV
+    panels, packed Q, Q^T, dO, dO^T, dQ^T panels, L and D, and the P^T, dS^T tiles."""
+    return (5 * s.Tc * s.Bcp * s.dp + 5 * s.Tr * s.Brp * s.dp + 2 * s.Tr * s.Brp
+            + 2 * s.Bcp * s.Brp)
+
 
 @cython.wraparound(False)
 cdef void _bwd_tile(const Shape *s, int kind, Py_ssize_t r0, Py_ssize_t nr, Py_ssize_t c0,
@@ -270,10 +275,11 @@ cdef void _bwd_tile(const Shape *s, int kind, Py_ssize_t r0, Py_ssize_t nr, Py_s
 
 
 @cython.wraparound(False)
-cdef int _bwd_kv_head(const Shape *s, Py_ssize_t b, Py_ssize_t hk, const real *q, const real *k,
-                      const real *v, const real *bias, const real *o, const real *L,
-                      const real *do, real *dq, real *dk, real *dv) noexcept nogil:
-    """Alg2 for one KV head and the G query heads that share it. Returns -1 if out of memory."""
+cdef void _bwd_kv_head(const Shape *s, Py_ssize_t b, Py_ssize_t hk, const real *q, const real *k,
+                       const real *v, const real *bias, const real *o, const real *L,
+                       const real *do, real *buf, real *dq, real *dk, real *dv) noexcept nogil:
+    """Alg2 for one KV head and the G query heads that share it; `buf` holds _bwd_scratch
+    floats."""
     cdef Py_ssize_t Nq = s.Nq, Nk = s.Nk, d = s.d, dp = s.dp, Brp = s.Brp, Bcp = s.Bcp
     cdef Py_ssize_t kvsize = s.Tc * Bcp * dp, qsize = s.Tr * Brp * dp, tile = Bcp * Brp
     cdef Py_ssize_t g, h, i, j, r, t, r0, r1, c0, c1, n
@@ -283,10 +289,7 @@ cdef int _bwd_kv_head(const Shape *s, Py_ssize_t b, Py_ssize_t hk, const real *q
     cdef const real *qh
     cdef const real *oh
     cdef const real *doh
-    cdef real *buf = <real *>calloc(5 * kvsize + 5 * qsize + 2 * s.Tr * Brp + 2 * tile,
-                                    sizeof(real))
-    if buf == NULL:
-        return -1
+    memset(buf, 0, _bwd_scratch(s) * sizeof(real))
     cdef real *Kp = buf
     cdef real *KTp = Kp + kvsize
     cdef real *Vp = KTp + kvsize
@@ -348,19 +351,17 @@ cdef int _bwd_kv_head(const Shape *s, Py_ssize_t b, Py_ssize_t hk, const real *q
         for t in range(d):
             dk[n + r * d + t] = dKp[((r // s.Bc) * Bcp + r % s.Bc) * dp + t]
             dv[n + r * d + t] = dVp[((r // s.Bc) * Bcp + r % s.Bc) * dp + t]
-    free(buf)
-    return 0
 
 
 @cython.wraparound(False)
-cdef int _bwd(const Shape *s, const real *q, const real *k, const real *v, const real *bias,
-              const real *o, const real *L, const real *do, real *dq, real *dk,
-              real *dv) noexcept nogil:
-    cdef Py_ssize_t bh, failed = 0
-    for bh in prange(s.B * s.Hkv, schedule="dynamic"):
-        if _bwd_kv_head(s, bh // s.Hkv, bh % s.Hkv, q, k, v, bias, o, L, do, dq, dk, dv) != 0:
-            failed += 1
-    return -1 if failed else 0
+cdef void _bwd(const Shape *s, const real *q, const real *k, const real *v, const real *bias,
+               const real *o, const real *L, const real *do, real *scratch, int nthreads,
+               real *dq, real *dk, real *dv) noexcept nogil:
+    """One task per (b, KV head); each thread works in its own slice of `scratch`."""
+    cdef Py_ssize_t bh
+    for bh in prange(s.B * s.Hkv, schedule="dynamic", num_threads=nthreads):
+        _bwd_kv_head(s, bh // s.Hkv, bh % s.Hkv, q, k, v, bias, o, L, do,
+                     scratch + mtx_get_thread_num() * _bwd_scratch(s), dq, dk, dv)
 
 
 # ------------------------------------------------------------------ Python entry points
@@ -456,13 +457,12 @@ def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None,
     L = np.empty(q.shape[:3], dtype=q.dtype)
     KT = np.zeros(s.B * s.Hkv * s.Tc * s.Bcp * s.dp, dtype=q.dtype)   # packed K_j^T panels
     Vp = np.zeros(s.B * s.Hkv * s.Tc * s.Bcp * s.dp, dtype=q.dtype)   # packed V_j panels
-    cdef int rc
+    cdef int nthreads = max(1, mtx_get_max_threads())
+    scratch = np.empty(nthreads * _fwd_scratch(&s), dtype=q.dtype)   # per-thread tiles
     if q.dtype == np.float32:
-        rc = _fwd_f32(&s, q, k, v, bias, KT, Vp, o, L)
+        _fwd_f32(&s, q, k, v, bias, KT, Vp, scratch, nthreads, o, L)
     else:
-        rc = _fwd_f64(&s, q, k, v, bias, KT, Vp, o, L)
-    if rc != 0:
-        raise MemoryError("flash2_forward: could not allocate scratch tiles")
+        _fwd_f64(&s, q, k, v, bias, KT, Vp, scratch, nthreads, o, L)
     return o, L
 
 
@@ -489,71 +489,72 @@ def flash2_backward(q, k, v, bias, o, L, do, scale=None, is_causal=False, window
     dq = np.empty(q.shape, dtype=q.dtype)
     dk = np.empty(k.shape, dtype=q.dtype)
     dv = np.empty(v.shape, dtype=q.dtype)
-    cdef int rc
+    cdef int nthreads = max(1, min(mtx_get_max_threads(), s.B * s.Hkv))
+    scratch = np.empty(nthreads * _bwd_scratch(&s), dtype=q.dtype)   # per-thread panels
     if q.dtype == np.float32:
-        rc = _bwd_f32(&s, q, k, v, bias, o, L, do, dq, dk, dv)
+        _bwd_f32(&s, q, k, v, bias, o, L, do, scratch, nthreads, dq, dk, dv)
     else:
-        rc = _bwd_f64(&s, q, k, v, bias, o, L, do, dq, dk, dv)
-    if rc != 0:
-        raise MemoryError("flash2_backward: could not allocate scratch tiles")
+        _bwd_f64(&s, q, k, v, bias, o, L, do, scratch, nthreads, dq, dk, dv)
     return dq, dk, dv
 
 
 # Typed entry points: take memoryviews, release the GIL, call the fused kernels.
 
-cdef int _fwd_f32(const Shape *s, const float[:, :, :, ::1] q, const float[:, :, :, ::1] k,
-                  const float[:, :, :, ::1] v, bias, float[::1] KT, float[::1] Vp,
-                  float[:, :, :, ::1] o, float[:, :, ::1] L) except? -2:
+cdef void _fwd_f32(const Shape *s, const float[:, :, :, ::1] q, const float[:, :, :, ::1] k,
+                   const float[:, :, :, ::1] v, bias, float[::1] KT, float[::1] Vp,
+                   float[::1] scratch, int nthreads, float[:, :, :, ::1] o,
+                   float[:, :, ::1] L) except *:
     cdef const float[:, :, :, ::1] b4
     cdef const float *bp = NULL
     if bias is not None:
         b4 = bias
         bp = &b4[0, 0, 0, 0]
     with nogil:
-        return _fwd(s, &q[0, 0, 0, 0], &k[0, 0, 0, 0], &v[0, 0, 0, 0], bp, &KT[0], &Vp[0],
-                    &o[0, 0, 0, 0], &L[0, 0, 0])
+        _fwd(s, &q[0, 0, 0, 0], &k[0, 0, 0, 0], &v[0, 0, 0, 0], bp, &KT[0], &Vp[0], &scratch[0],
+             nthreads, &o[0, 0, 0, 0], &L[0, 0, 0])
 
 
-cdef int _fwd_f64(const Shape *s, const double[:, :, :, ::1] q, const double[:, :, :, ::1] k,
-                  const double[:, :, :, ::1] v, bias, double[::1] KT, double[::1] Vp,
-                  double[:, :, :, ::1] o, double[:, :, ::1] L) except? -2:
+cdef void _fwd_f64(const Shape *s, const double[:, :, :, ::1] q, const double[:, :, :, ::1] k,
+                   const double[:, :, :, ::1] v, bias, double[::1] KT, double[::1] Vp,
+                   double[::1] scratch, int nthreads, double[:, :, :, ::1] o,
+                   double[:, :, ::1] L) except *:
     cdef const double[:, :, :, ::1] b4
     cdef const double *bp = NULL
     if bias is not None:
         b4 = bias
         bp = &b4[0, 0, 0, 0]
     with nogil:
-        return _fwd(s, &q[0, 0, 0, 0], &k[0, 0, 0, 0], &v[0, 0, 0, 0], bp, &KT[0], &Vp[0],
-                    &o[0, 0, 0, 0], &L[0, 0, 0])
+        _fwd(s, &q[0, 0, 0, 0], &k[0, 0, 0, 0], &v[0, 0, 0, 0], bp, &KT[0], &Vp[0], &scratch[0],
+             nthreads, &o[0, 0, 0, 0], &L[0, 0, 0])
 
 
-cdef int _bwd_f32(const Shape *s, const float[:, :, :, ::1] q, const float[:, :, :, ::1] k,
-                  const float[:, :, :, ::1] v, bias, const float[:, :, :, ::1] o,
-                  const float[:, :, ::1] L, const float[:, :, :, ::1] do,
-                  float[:, :, :, ::1] dq, float[:, :, :, ::1] dk,
-                  float[:, :, :, ::1] dv) except? -2:
+cdef void _bwd_f32(const Shape *s, const float[:, :, :, ::1] q, const float[:, :, :, ::1] k,
+                   const float[:, :, :, ::1] v, bias, const float[:, :, :, ::1] o,
+                   const float[:, :, ::1] L, const float[:, :, :, ::1] do, float[::1] scratch,
+                   int nthreads, float[:, :, :, ::1] dq, float[:, :, :, ::1] dk,
+                   float[:, :, :, ::1] dv) except *:
     cdef const float[:, :, :, ::1] b4
     cdef const float *bp = NULL
     if bias is not None:
         b4 = bias
         bp = &b4[0, 0, 0, 0]
     with nogil:
-        return _bwd(s, &q[0, 0, 0, 0], &k[0, 0, 0, 0], &v[0, 0, 0, 0], bp, &o[0, 0, 0, 0],
-                    &L[0, 0, 0], &do[0, 0, 0, 0], &dq[0, 0, 0, 0], &dk[0, 0, 0, 0],
-                    &dv[0, 0, 0, 0])
+        _bwd(s, &q[0, 0, 0, 0], &k[0, 0, 0, 0], &v[0, 0, 0, 0], bp, &o[0, 0, 0, 0],
+             &L[0, 0, 0], &do[0, 0, 0, 0], &scratch[0], nthreads, &dq[0, 0, 0, 0],
+             &dk[0, 0, 0, 0], &dv[0, 0, 0, 0])
 
 
-cdef int _bwd_f64(const Shape *s, const double[:, :, :, ::1] q, const double[:, :, :, ::1] k,
-                  const double[:, :, :, ::1] v, bias, const double[:, :, :, ::1] o,
-                  const double[:, :, ::1] L, const double[:, :, :, ::1] do,
-                  double[:, :, :, ::1] dq, double[:, :, :, ::1] dk,
-                  double[:, :, :, ::1] dv) except? -2:
+cdef void _bwd_f64(const Shape *s, const double[:, :, :, ::1] q, const double[:, :, :, ::1] k,
+                   const double[:, :, :, ::1] v, bias, const double[:, :, :, ::1] o,
+                   const double[:, :, ::1] L, const double[:, :, :, ::1] do, double[::1] scratch,
+                   int nthreads, double[:, :, :, ::1] dq, double[:, :, :, ::1] dk,
+                   double[:, :, :, ::1] dv) except *:
     cdef const double[:, :, :, ::1] b4
     cdef const double *bp = NULL
     if bias is not None:
         b4 = bias
         bp = &b4[0, 0, 0, 0]
     with nogil:
-        return _bwd(s, &q[0, 0, 0, 0], &k[0, 0, 0, 0], &v[0, 0, 0, 0], bp, &o[0, 0, 0, 0],
-                    &L[0, 0, 0], &do[0, 0, 0, 0], &dq[0, 0, 0, 0], &dk[0, 0, 0, 0],
-                    &dv[0, 0, 0, 0])
+        _bwd(s, &q[0, 0, 0, 0], &k[0, 0, 0, 0], &v[0, 0, 0, 0], bp, &o[0, 0, 0, 0],
+             &L[0, 0, 0], &do[0, 0, 0, 0], &scratch[0], nthreads, &dq[0, 0, 0, 0],
+             &dk[0, 0, 0, 0], &dv[0, 0, 0, 0])
