@@ -71,7 +71,9 @@ class _Where(Function):
         from minitx.autograd import unbroadcast
         sa, sb = ctx.shapes
         zero = np.zeros((), dtype=g.dtype)
-        return unbroadcast(np.where(ctx.cond, g, zero), sa), unbroadcast(np.where(ctx.cond, zero, g), sb)
+        ga = unbroadcast(np.where(ctx.cond, g, zero), sa)
+        gb = unbroadcast(np.where(ctx.cond, zero, g), sb)
+        return ga, gb, None
 
 
 def where(condition, a, b):

@@ -42,7 +42,7 @@ def layer_norm_forward(x, weight, bias, eps):
         y = y * weight
     if bias is not None:
         y = y + bias
-    return y.astype(x.dtype, copy=False), mean.astype(x.dtype), rstd
+    return y.astype(x.dtype, copy=False), np.asarray(mean, dtype=x.dtype), np.asarray(rstd)
 
 
 def layer_norm_backward(dy, x, weight, mean, rstd):

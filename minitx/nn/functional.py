@@ -285,7 +285,7 @@ _math_erf = np.frompyfunc(math.erf, 1, 1)
 
 
 def _erf64(x):
-    return _math_erf(x).astype(np.float64)
+    return np.asarray(_math_erf(x), dtype=np.float64)
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 

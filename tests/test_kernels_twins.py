@@ -1,0 +1,109 @@
+"""Every Cython kernel has a NumPy twin of the same name and signature (minitx.backend.TWINS),
+and the fused row kernels agree with their twins; the backend switch behaves as documented."""
+import inspect
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from minitx import backend
+from minitx.kernels import fused
+
+RTOL = {np.float32: 2e-5, np.float64: 1e-12}
+ATOL = {np.float32: 2e-6, np.float64: 1e-13}
+
+needs_c = pytest.mark.skipif(not backend.c_available(), reason="minitx_c is not built")
+
+
+@needs_c
+@pytest.mark.parametrize("name", sorted(backend.TWINS))
+def test_twin_signatures_match_name_for_name(name):
+    import minitx_c
+    ref = backend.reference(name)
+    fast = getattr(minitx_c, name)
+    assert list(inspect.signature(fast).parameters) == list(inspect.signature(ref).parameters), \
+        f"{name}: minitx_c{inspect.signature(fast)} vs reference{inspect.signature(ref)}"
+
+
+@needs_c
+def test_every_exported_kernel_is_registered():
+    import minitx_c
+    runtime = {"get_num_threads", "set_num_threads", "have_openmp"}
+    exported = {n for n in vars(minitx_c) if not n.startswith("_") and callable(getattr(minitx_c, n))}
+    missing = exported - runtime - set(backend.TWINS)
+    assert not missing, f"minitx_c exports kernels with no NumPy twin in TWINS: {sorted(missing)}"
+
+
+@st.composite
+def rows(draw):
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    shape = tuple(draw(st.lists(st.integers(1, 9), min_size=1, max_size=3)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    scale = draw(st.sampled_from([1.0, 30.0]))
+    return (rng.standard_normal(shape) * scale).astype(dtype), rng
+
+
+def _close(a, b, dtype, what):
+    np.testing.assert_allclose(a, b, rtol=RTOL[dtype], atol=ATOL[dtype], err_msg=what)
+
+
+@needs_c
+@given(case=rows(), affine=st.booleans())
+def test_fused_kernels_equal_their_twins(case, affine):
+    import minitx_c
+    x, rng = case
+    dt = x.dtype.type
+    C = x.shape[-1]
+    w = rng.standard_normal(C).astype(dt) if affine else None
+    b = rng.standard_normal(C).astype(dt) if affine else None
+    _close(minitx_c.softmax_lastdim(x), fused.softmax_lastdim(x), dt, f"softmax {x.shape}")
+    got, ref = minitx_c.layer_norm_forward(x, w, b, 1e-5), fused.layer_norm_forward(x, w, b, 1e-5)
+    for g, r, what in zip(got, ref, ("y", "mean", "rstd")):
+        assert g.dtype == r.dtype == x.dtype and g.shape == r.shape
+        _close(g, r, dt, f"layer_norm {what} {x.shape}")
+    dy = rng.standard_normal(x.shape).astype(dt)
+    got = minitx_c.layer_norm_backward(dy, x, w, ref[1], ref[2])
+    want = fused.layer_norm_backward(dy, x, w, ref[1], ref[2])
+    for g, r, what in zip(got, want, ("dx", "dweight", "dbias")):
+        if r is None:
+            assert g is None
+        else:
+            _close(g, r, dt, f"layer_norm_backward {what} {x.shape}")
+
+
+@needs_c
+def test_fused_kernels_reject_bad_input_before_work():
+    import minitx_c
+    x = np.ones((2, 3), np.float32)
+    with pytest.raises(TypeError, match="float32 or float64, got int64"):
+        minitx_c.softmax_lastdim(np.ones((2, 3), np.int64))
+    with pytest.raises(TypeError, match="numpy.ndarray"):
+        minitx_c.softmax_lastdim([1.0, 2.0])
+    with pytest.raises(ValueError, match="empty last dimension"):
+        minitx_c.softmax_lastdim(np.ones((2, 0), np.float32))
+    with pytest.raises(ValueError, match=r"weight must have shape \(3,\)"):
+        minitx_c.layer_norm_forward(x, np.ones(4, np.float32), None, 1e-5)
+    with pytest.raises(TypeError, match="differs from x dtype"):
+        minitx_c.layer_norm_forward(x, np.ones(3, np.float64), None, 1e-5)
+    with pytest.raises(ValueError, match="must match x"):
+        minitx_c.layer_norm_backward(np.ones((2, 4), np.float32), x, None,
+                                     np.ones(2, np.float32), np.ones(2, np.float32))
+
+
+def test_pure_mode_falls_back_with_a_notice():
+    env = dict(os.environ, MINITX_PURE="1")
+    out = subprocess.run([sys.executable, "-c", "import minitx; print(minitx.backend.active())"],
+                         capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "numpy"
+    assert "MINITX_PURE" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_set_backend_validates():
+    with pytest.raises(ValueError, match="'c' or 'numpy'"):
+        backend.set_backend("cuda")
+    with backend.using("numpy"):
+        assert backend.kernel("softmax_lastdim") is fused.softmax_lastdim
