@@ -35,3 +35,27 @@ def attention_cases(draw, max_n=20, max_d=9, dtype=np.float64):
     window = draw(st.one_of(st.none(), st.tuples(st.integers(-1, 8), st.integers(-1, 8))))
     return dict(q=q, k=k, v=v, do=do, bias=bias, is_causal=draw(st.booleans()), window=window,
                 Br=draw(st.integers(1, 24)), Bc=draw(st.integers(1, 24)))
+
+
+# ---------------------------------------------------------------- autograd (tests/test_autograd.py, test_functional.py)
+def shapes(min_dims=0, max_dims=3, max_side=4):
+    """Tensor shapes with small sides (gradchecks cost two forward passes per element)."""
+    return st.lists(st.integers(1, max_side), min_size=min_dims, max_size=max_dims).map(tuple)
+
+
+@st.composite
+def arrays(draw, min_dims=0, max_dims=3, max_side=4):
+    """A float64 array of a drawn shape with standard-normal entries."""
+    shape = draw(shapes(min_dims, max_dims, max_side))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    return rng.standard_normal(shape)
+
+
+@st.composite
+def broadcastable_pair(draw):
+    """Two float64 arrays whose shapes broadcast together (dims dropped or set to 1 on b)."""
+    shape = draw(shapes(min_dims=1))
+    b_shape = [1 if draw(st.booleans()) else n for n in shape][draw(st.integers(0, len(shape))):]
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    a, b = rng.standard_normal(shape), rng.standard_normal(tuple(b_shape))
+    return (b, a) if draw(st.booleans()) else (a, b)
