@@ -40,7 +40,8 @@ def save_file(tensors, path, metadata=None):
     """
     header, offset, arrays = {}, 0, []
     for name in sorted(tensors):
-        a = np.ascontiguousarray(tensors[name])
+        a = np.asarray(tensors[name])
+        a = a if a.flags.c_contiguous else a.copy(order="C")     # keeps 0-d arrays 0-d
         key = _NAMES.get(a.dtype.newbyteorder("<"))
         if key is None:
             raise TypeError(f"safetensors cannot store {name!r} of dtype {a.dtype}")
