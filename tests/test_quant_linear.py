@@ -1,7 +1,6 @@
 """QuantLinear, whole-model quantization, quantized checkpoints and the quantize CLI."""
 import argparse
 import copy
-import dataclasses
 import json
 import os
 
@@ -12,10 +11,9 @@ import minitx
 from minitx import backend
 from minitx.models.gpt import GPT, get_config
 from minitx.nn.modules import Linear
-from minitx.quant.cli import add_quantize_parser, run_quantize
+from minitx.quant.cli import add_quantize_parser, quantize_checkpoint
 from minitx.quant.linear import QuantLinear, kernel_plan, quantize_model, weight_bytes
 from minitx.quant.serialize import load_quantized_model
-from minitx.safetensors import save_file
 
 # Tolerances, in one place: float32 matmuls in a different order (kernel vs NumPy).
 TOL = {"float32": {"rtol": 1e-4, "atol": 1e-5}}
@@ -99,11 +97,9 @@ def test_mixed_precision_keeps_chosen_layers_float():
 
 
 def _save_float(model, d):
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, "config.json"), "w") as f:
-        json.dump({"format": "minitx-gpt", "model": dataclasses.asdict(model.config),
-                   "tokenizer": {"kind": "bytes"}}, f)
-    save_file(model.state_dict(), os.path.join(d, "model.safetensors"))
+    """A float checkpoint in the lead's format (minitx.checkpoint)."""
+    from minitx.checkpoint import save_checkpoint
+    save_checkpoint(d, model, step=7, train_config={"note": "kept"})
 
 
 @pytest.mark.parametrize("scheme", ["int8", "int4", "nf4", "pbllm"])
@@ -113,14 +109,15 @@ def test_quantize_cli_writes_a_smaller_checkpoint_that_loads(tmp_path, scheme):
     _save_float(model, src)
     parser = argparse.ArgumentParser()
     add_quantize_parser(parser.add_subparsers())
-    qmodel = run_quantize(parser.parse_args(["quantize", "--ckpt", src, "--out", out,
+    qmodel = quantize_checkpoint(parser.parse_args(["quantize", "--ckpt", src, "--out", out,
                                              "--scheme", scheme]))
     loaded = load_quantized_model(out)
     idx = np.random.default_rng(2).integers(0, 48, (1, 10))
     with minitx.no_grad():
         assert np.array_equal(loaded(idx)[0].data, qmodel(idx)[0].data)
     cfg = json.load(open(os.path.join(out, "config.json")))
-    assert cfg["format"] == "minitx-gpt-quant" and cfg["tokenizer"] == {"kind": "bytes"}
+    assert cfg["format"] == "minitx-gpt-quant" and cfg["step"] == 7
+    assert cfg["train"] == {"note": "kept"}
     ratio = os.path.getsize(os.path.join(src, "model.safetensors")) / os.path.getsize(
         os.path.join(out, "model.safetensors"))
     assert ratio > {"int8": 2.0, "int4": 3.0, "nf4": 3.0, "pbllm": 3.0}[scheme], ratio
@@ -134,3 +131,24 @@ def test_bad_input_is_named(tmp_path):
         ql(minitx.tensor(np.ones((2, 5), np.float32)))
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_quantized_model(str(tmp_path))
+
+
+def test_cli_end_to_end_quantize_then_generate(tmp_path):
+    """`python -m minitx quantize` then `python -m minitx generate` on the quantized checkpoint."""
+    checkpoint = pytest.importorskip("minitx.checkpoint")
+    import subprocess
+    import sys
+    minitx.random.manual_seed(0)
+    model = GPT(get_config("tiny", vocab_size=256, n_embd=64)).eval()
+    src, out = str(tmp_path / "f"), str(tmp_path / "q")
+    checkpoint.save_checkpoint(src, model, step=0)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = lambda *a: subprocess.run([sys.executable, "-m", "minitx", *a], cwd=root,  # noqa: E731
+                                    capture_output=True, text=True, timeout=300)
+    q = run("quantize", "--ckpt", src, "--out", out, "--scheme", "int4")
+    assert q.returncode == 0, q.stderr
+    g = run("generate", "--ckpt", out, "--prompt", "ab", "--max-new-tokens", "8")
+    assert g.returncode == 0, g.stderr
+    assert "tok/s" in g.stderr
+    loaded = checkpoint.load_model(out)
+    assert any(isinstance(m, QuantLinear) for m in loaded.modules())

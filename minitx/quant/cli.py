@@ -37,6 +37,12 @@ def _options(args):
 
 
 def run_quantize(args):
+    """The `quantize` command: `quantize_checkpoint(args)`, exit code 0."""
+    quantize_checkpoint(args)
+    return 0
+
+
+def quantize_checkpoint(args):
     """Quantize `args.ckpt` into `args.out` and print the sizes. Returns the quantized model."""
     from minitx.quant.linear import quantize_model, weight_bytes
     from minitx.quant.serialize import load_float_model, save_quantized_model
