@@ -250,3 +250,21 @@ def test_minilm_int8_keeps_embeddings(minilm):
     assert rows["int8"]["mean_cos"] > 0.999 and rows["int8"]["spearman"] > 0.99
     assert 8.0 < rows["int8"]["bits_per_weight"] < 8.1
     assert rows["binary"]["mean_cos"] < rows["int8"]["mean_cos"]
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4", "nf4"])
+def test_quantlinear_encoder_equals_dequantized_weights(on_backend, scheme):
+    """Packed QuantLinear layers (int8/int4 kernels where they apply) compute the same
+    embeddings as the float model holding the dequantized weights."""
+    from minitx import quant
+    from minitx.models.bert import linear_weights
+    from minitx.quant.linear import quantize_model
+    packed, dequant = tiny_encoder(np.float32), tiny_encoder(np.float32)
+    for _, p in linear_weights(dequant.model):
+        p.data = quant.quantize(p.data, scheme=scheme, block_size=4 if scheme == "nf4" else None
+                                ).dequantize()
+    quantize_model(packed.model, scheme, **({"block_size": 4} if scheme == "nf4" else {}))
+    assert type(packed.model.layers[0].ffn_in).__name__ == "QuantLinear"
+    sentences = ["abc", "hello world", "a b c d e f g"]
+    np.testing.assert_allclose(packed.encode(sentences), dequant.encode(sentences),
+                               atol=ATOL[np.float32])
