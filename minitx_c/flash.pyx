@@ -438,7 +438,7 @@ cdef Shape _shape(q, k, v, bias, scale, is_causal, window, Br, Bc) except *:
     return s
 
 
-def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None, Br=64, Bc=64):
+def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None, Br=96, Bc=96):
     """FlashAttention-2 forward (Algorithm 1), twin of minitx.attention.flash2.flash2_forward.
 
     Args:
@@ -467,11 +467,12 @@ def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None,
 
 
 def flash2_backward(q, k, v, bias, o, L, do, scale=None, is_causal=False, window=None,
-                    Br=64, Bc=64):
+                    Br=64, Bc=192):
     """FlashAttention-2 backward (Algorithm 2), twin of minitx.attention.flash2.flash2_backward.
 
     Args:
-        q, k, v, bias, scale, is_causal, window, Br, Bc: as given to flash2_forward.
+        q, k, v, bias, scale, is_causal, window: as given to flash2_forward.
+        Br, Bc: block sizes (independent of the forward's; taller K/V blocks suit the backward).
         o: (B, Hq, Nq, d), L: (B, Hq, Nq) from flash2_forward; do: (B, Hq, Nq, d).
     Returns:
         dq (B, Hq, Nq, d), dk (B, Hkv, Nk, d), dv (B, Hkv, Nk, d).

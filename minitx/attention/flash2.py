@@ -34,14 +34,15 @@ def _score_tile(Qi, Kj, bg, r0, r1, c0, c1, kind, scale, Nq, Nk, left, right):
     return S
 
 
-def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None, Br=64, Bc=64):
+def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None, Br=96, Bc=96):
     """FlashAttention-2 forward (Algorithm 1).
 
     Args:
         q: (B, Hq, Nq, d); k, v: (B, Hkv, Nk, d), Hq a multiple of Hkv.
         bias: None or additive (Bb, Hb, Nq, Nk); scale: None means 1/sqrt(d).
         is_causal: bottom-right causal mask; window: (left, right) or None (see masks.py).
-        Br, Bc: block sizes (any ints >= 1; need not divide Nq, Nk).
+        Br, Bc: block sizes (any ints >= 1; need not divide Nq, Nk). The defaults are the
+            fastest measured for the Cython twin at d = 64 (benchmarks/attention.py).
     Returns:
         o (B, Hq, Nq, d) and L (B, Hq, Nq), the row logsumexp (+inf for fully masked rows).
     """
@@ -83,11 +84,13 @@ def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None,
 
 
 def flash2_backward(q, k, v, bias, o, L, do, scale=None, is_causal=False, window=None,
-                    Br=64, Bc=64):
+                    Br=64, Bc=192):
     """FlashAttention-2 backward (Algorithm 2): recompute P = exp(S - L) tile by tile.
 
     Args:
-        q, k, v, bias, scale, is_causal, window, Br, Bc: as given to flash2_forward.
+        q, k, v, bias, scale, is_causal, window: as given to flash2_forward.
+        Br, Bc: block sizes; they need not be the forward's (only o and L pass between the two),
+            and, as in FA-2, the backward prefers taller K/V blocks.
         o: (B, Hq, Nq, d) and L: (B, Hq, Nq) returned by flash2_forward.
         do: (B, Hq, Nq, d) gradient of the loss with respect to o.
     Returns:
