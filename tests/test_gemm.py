@@ -202,3 +202,18 @@ def test_c_matmul_matches_numpy_twin_on_one_block():
     a, b = rand(rng, (13, 64)), rand(rng, (64, 21))
     np.testing.assert_allclose(minitx_c.matmul(a, b), ref_gemm.matmul(a, b), rtol=1e-5,
                                atol=1e-5)
+
+
+@pytest.mark.skipif("c" not in backend.available(), reason="minitx_c not built")
+@pytest.mark.parametrize("order, block", [("ijk", 0), ("ikj", 0), ("ikj", 5)])
+def test_c_matmul_loops_teaching_kernels(order, block):
+    from minitx_c.gemm import matmul_loops
+    rng = np.random.default_rng(5)
+    a, b = rand(rng, (13, 11)), rand(rng, (11, 7))
+    check_close(matmul_loops(np.asfortranarray(a), b, order, block), a, b)
+    with pytest.raises(ValueError, match="order"):
+        matmul_loops(a, b, "kji")
+    with pytest.raises(ValueError, match="block"):
+        matmul_loops(a, b, "ikj", -1)
+    with pytest.raises(ValueError, match=r"\(M, K\) @ \(K, N\)"):
+        matmul_loops(a, a)
