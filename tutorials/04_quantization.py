@@ -98,7 +98,7 @@ for dq in (False, True):
 
 # %%
 size = E.QUICK if QUICK else E.FULL
-steps = 300 if QUICK else 2000
+steps = 300 if QUICK else 1500
 t = time.time()
 model, train_data, val_data = E.train_gpt(size, steps=steps, B=16, lr=3e-3 if QUICK else 2e-3)
 T = model.config.block_size
@@ -133,7 +133,7 @@ show("Granularity (from the PTQ table)", gran)
 # same extra training without quantization, so that QAT is not credited for mere extra training.
 
 # %%
-qat = E.qat_table(model, train_data, val, bits=(4, 2), steps=40 if QUICK else 300)
+qat = E.qat_table(model, train_data, val, bits=(4, 2), steps=40 if QUICK else 200)
 show("PTQ vs QAT, per-channel symmetric weights (validation loss)", qat)
 
 # %% [markdown]
@@ -157,7 +157,7 @@ show("Mixed precision: 2 layers in int8, the rest int2 g32", mixed)
 # ## 7. Compensation: train small float layers on a frozen quantized model
 
 # %%
-comp = E.compensation_table(model, train_data, val, steps=40 if QUICK else 300)
+comp = E.compensation_table(model, train_data, val, steps=40 if QUICK else 200)
 show("Compensation (adapter: rank-4 residual per layer; head: one extra layer on the output)",
      comp)
 
