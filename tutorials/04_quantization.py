@@ -29,7 +29,10 @@ import time
 # Tiny tensors: on a shared 2-core machine extra BLAS/OpenMP threads only add overhead.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+try:
+    import minitx  # noqa: F401  (an installed minitx, with its compiled kernels)
+except ImportError:  # a source checkout: use it directly
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
@@ -133,7 +136,7 @@ show("Granularity (from the PTQ table)", gran)
 # same extra training without quantization, so that QAT is not credited for mere extra training.
 
 # %%
-qat = E.qat_table(model, train_data, val, bits=(4, 2), steps=40 if QUICK else 200)
+qat = E.qat_table(model, train_data, val, bits=(4, 2), steps=30 if QUICK else 200)
 show("PTQ vs QAT, per-channel symmetric weights (validation loss)", qat)
 
 # %% [markdown]
@@ -157,7 +160,7 @@ show("Mixed precision: 2 layers in int8, the rest int2 g32", mixed)
 # ## 7. Compensation: train small float layers on a frozen quantized model
 
 # %%
-comp = E.compensation_table(model, train_data, val, steps=40 if QUICK else 200)
+comp = E.compensation_table(model, train_data, val, steps=30 if QUICK else 200)
 show("Compensation (adapter: rank-4 residual per layer; head: one extra layer on the output)",
      comp)
 
