@@ -264,3 +264,11 @@ def test_bad_input_is_named():
         Q.quantize(w, "nf4", block_size=0)
     with pytest.raises(ValueError, match="salient_fraction"):
         Q.quantize(w, "pbllm", salient_fraction=1.5)
+
+
+@given(weights(), st.sampled_from(["nf4", "fp4"]), st.sampled_from([4, 8, 64]), st.booleans())
+def test_codebook_dequantize_is_codebook_value_times_absmax(w, name, block, dq):
+    q = Q.quantize(w, name, block_size=block, double_quant=dq)
+    cb = {"nf4": NF4, "fp4": FP4}[name]
+    want = (cb[q.indices()] * q.absmax()[..., None]).reshape(w.shape[0], -1)[:, : w.shape[1]]
+    assert np.array_equal(q.dequantize(), want.reshape(w.shape))

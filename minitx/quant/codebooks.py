@@ -31,6 +31,13 @@ _E2M1 = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]) / 6.0
 FP4 = np.concatenate([-_E2M1[:0:-1], _E2M1]).astype(np.float32)   # 15 sorted values in [-1, 1]
 
 CODEBOOKS = {"nf4": NF4, "fp4": FP4}
+_BYTES = np.arange(256)
+# byte b -> the two float32 values it encodes (low nibble first), packed in one uint64 so that
+# dequantization is a single 1-D lookup per byte: (256,) uint64 == (256, 2) float32.
+PAIR_TABLES = {name: np.ascontiguousarray(np.stack([np.pad(cb, (0, 16 - cb.size))[_BYTES & 15],
+                                                    np.pad(cb, (0, 16 - cb.size))[_BYTES >> 4]],
+                                                   axis=1).astype(np.float32))
+               .view(np.uint64).reshape(256) for name, cb in CODEBOOKS.items()}
 DQ_BITS = 8            # double quantization: bits of each absmax constant
 DQ_BLOCK = 256         # ... and constants per second-level block
 
@@ -92,9 +99,12 @@ class CodebookQuantized(QuantizedTensor):
         return idx.reshape(m["rows"], m["groups"], m["group"])
 
     def dequantize(self):
-        codebook = CODEBOOKS[self.meta["codebook"]]
-        Wg = codebook[self.indices()] * self.absmax()[..., None]        # (R, G, B)
-        return from_groups(Wg.astype(np.float32), self.shape)
+        m = self.meta
+        # One lookup per byte gives both of its values (q[b & 15], q[b >> 4]) as one 8-byte word.
+        vals = PAIR_TABLES[m["codebook"]][self.arrays["codes"]].view(np.float32)   # (R, 2*bytes)
+        vals = vals[:, : m["groups"] * m["group"]]
+        Wg = vals.reshape(m["rows"], m["groups"], m["group"]) * self.absmax()[..., None]
+        return from_groups(Wg.astype(np.float32, copy=False), self.shape)   # (R, G, B) -> shape
 
 
 def quantize_codebook(w, codebook="nf4", block_size=64, double_quant=False):
