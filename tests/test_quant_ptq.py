@@ -155,3 +155,18 @@ def test_compensation_trains_only_the_new_layers(trained):
     assert recovered_fraction(2.0, 3.0, 2.5) == 0.5
     with pytest.raises(ValueError, match="kind"):
         add_compensation(copy.deepcopy(q), "lora")
+
+
+@pytest.mark.parametrize("act_symmetric", [False, True])
+def test_w8a8_integer_path_equals_fake_quant(on_backend, act_symmetric):
+    minitx.random.manual_seed(3)
+    lin = Linear(40, 12)
+    x = np.random.default_rng(4).standard_normal((2, 3, 40)).astype(np.float32) + 0.3
+    layer = W8A8Linear(lin, (float(x.min()), float(x.max())), act_symmetric)
+    q_min, q_max = qrange(8, act_symmetric)
+    xq = layer.x_scale * (np.clip(np.round(x / layer.x_scale) + layer.x_zero, q_min, q_max)
+                          - layer.x_zero)
+    want = xq @ layer.weight_float().T + layer.bias_data
+    got = layer.compute(x)
+    assert got.shape == (2, 3, 12)
+    assert np.allclose(got, want, **T), np.abs(got - want).max()

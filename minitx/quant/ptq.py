@@ -7,7 +7,8 @@ Nagel et al. 2021 (arXiv 2106.08295), sections 3-4; Gholami et al. 2021 (arXiv 2
   2. weight-only PTQ: every Linear becomes a QuantLinear (int8, int4, nf4, binary, pbllm, ...);
   3. weight + activation PTQ (W8A8): the input of every Linear is quantized per tensor to 8 bits
      with a range from calibration (min-max, percentile or MSE), the weight per channel, and the
-     product is accumulated in integers: y = s_x s_w[n] sum_k (x_int - z_x) w_int[n, k] + b;
+     product is accumulated in integers on the int8 kernel `matmul_int8`:
+     y = s_x s_w[n] sum_k (x_int - z_x) w_int[n, k] + b;
   4. per-layer sensitivity: quantize ONE layer at a time and measure the loss increase; mixed
      precision keeps the most sensitive layers in higher precision.
 """
@@ -16,6 +17,7 @@ import copy
 import numpy as np
 
 import minitx
+from minitx import backend
 from minitx.autograd import Function
 from minitx.nn.modules import Linear, Module
 from minitx.quant.integer import quantize_codes, scale_zero
@@ -142,6 +144,8 @@ class W8A8Linear(Module):
         a = np.abs(W).max(axis=1)
         self.w_scale, _ = scale_zero(-a, a, bits, True)                 # (N,)
         self.w_int = quantize_codes(W, self.w_scale[:, None], 0, bits, True).astype(np.int8)
+        self.w_int_t = np.ascontiguousarray(self.w_int.T)                   # (K, N) for the kernel
+        self.w_row_sum = self.w_int.astype(np.int64).sum(axis=1)            # (N,)
         self.x_scale, self.x_zero = scale_zero(np.float32(act_range[0]), np.float32(act_range[1]),
                                                bits, act_symmetric)
         self.bits, self.act_symmetric = bits, act_symmetric
@@ -151,10 +155,22 @@ class W8A8Linear(Module):
         return self.w_int.astype(np.float32) * self.w_scale[:, None]
 
     def compute(self, x):
-        """x (..., K) float -> (..., N): quantize x, integer matmul, rescale."""
-        x_int = quantize_codes(x, self.x_scale, self.x_zero, self.bits, self.act_symmetric)
-        acc = (x_int - self.x_zero).astype(np.float64) @ self.w_int.T.astype(np.float64)  # exact
-        y = (acc * (self.x_scale * self.w_scale.astype(np.float64))).astype(np.float32)
+        """x (..., K) float -> (..., N): quantize x, integer matmul, rescale.
+
+        The activation codes x_int are unsigned [0, 255] (asymmetric) or signed; to multiply
+        them on the int8 x int8 -> int32 kernel, shift them into int8 by c (128 or 0):
+            sum_k (x_int - z) w = sum_k (x_int - c) w + (c - z) sum_k w,
+        where sum_k w[n, k] is precomputed per output channel (the zero-point term of
+        Nagel et al. 2021, eq. 6, folded into a per-channel constant).
+        """
+        lead = x.shape[:-1]
+        x_int = quantize_codes(x.reshape(-1, x.shape[-1]), self.x_scale, self.x_zero, self.bits,
+                               self.act_symmetric)                            # (M, K) int32
+        c = 0 if self.act_symmetric else 128
+        acc = backend.kernel("matmul_int8")((x_int - c).astype(np.int8), self.w_int_t)  # (M, N)
+        acc = acc.astype(np.int64) + (c - int(self.x_zero)) * self.w_row_sum           # exact
+        y = (acc * (np.float64(self.x_scale) * self.w_scale)).astype(np.float32)
+        y = y.reshape(lead + (self.out_features,))
         return y if self.bias_data is None else y + self.bias_data
 
     def forward(self, x):
