@@ -46,6 +46,23 @@ cdef enum:
     MC = 144
     KC = 256
     NC = 4080
+cdef enum:
+    SPLIT_BLOCKS = 0
+    SPLIT_BATCH = 1
+    SPLIT_ROWS = 2
+cdef bint _split_rows = True          # see _gemm_batched; set_parallel_split() switches
+
+
+def set_parallel_split(mode):
+    """How threads split one product: "rows" (default: each thread a slab of rows of C with
+    its own packed B, no barriers) or "blocks" (BLIS: shared packed B, MC blocks split).
+    For experiments and benchmarks/gemm.py; both give bitwise the same result."""
+    global _split_rows
+    if mode not in ("rows", "blocks"):
+        raise ValueError(f"mode must be 'rows' or 'blocks', got {mode!r}")
+    _split_rows = mode == "rows"
+
+
 # Below this many multiply-adds one thread is faster than waking a second one.
 cdef Py_ssize_t PARALLEL_MIN_MACS = 1 << 18
 if MTX_MR != MR or MTX_NR != NR:
@@ -192,19 +209,32 @@ cdef void _gemm_batched(Py_ssize_t L, const Py_ssize_t *off_a, const Py_ssize_t 
                         const float *A, Py_ssize_t rs_a, Py_ssize_t cs_a,
                         const float *B, Py_ssize_t rs_b, Py_ssize_t cs_b,
                         float *C, Py_ssize_t rs_c, Py_ssize_t cs_c, bint accumulate,
-                        Py_ssize_t mc_blk, int nthreads, bint batch_parallel, float *Bp_all,
+                        Py_ssize_t mc_blk, int nthreads, int split, float *Bp_all,
                         Py_ssize_t bp_size, float *Ap_all, Py_ssize_t ap_size) noexcept nogil:
     """L independent products C[l] (+)= A[l] @ B[l], the l-th starting at element offsets
-    off_a[l], off_b[l], off_c[l]. Threads split the batch (each matrix serial) when the
-    matrices are small, else each product is threaded on its own."""
-    cdef Py_ssize_t l
-    cdef int t
-    if batch_parallel:
+    off_a[l], off_b[l], off_c[l]. How threads share the work (`split`):
+      SPLIT_BATCH: each thread takes whole matrices of the batch (small matrices);
+      SPLIT_ROWS:  each thread takes a slab of rows of every C and runs the serial loop nest
+                   with its own packed copy of B: no barrier inside the call, at the price of
+                   packing B once per thread (K x N, small next to the M x N x K work);
+      SPLIT_BLOCKS: the BLIS way, threads share one packed B and split the MC blocks of the
+                   3rd loop (two fork/joins per KC slice), or the serial loop nest.
+    """
+    cdef Py_ssize_t l, t, m0, ms = _round_up((M + nthreads - 1) // nthreads, MR)
+    if split == SPLIT_BATCH:
         for l in prange(L, schedule="static", num_threads=nthreads):
             t = mtx_get_thread_num()
             _gemm(M, N, K, A + off_a[l], rs_a, cs_a, B + off_b[l], rs_b, cs_b,
                   C + off_c[l], rs_c, cs_c, accumulate, mc_blk, 1,
                   Bp_all + t * bp_size, Ap_all + t * ap_size)
+    elif split == SPLIT_ROWS:
+        for t in prange(nthreads, schedule="static", num_threads=nthreads):
+            m0 = t * ms
+            if m0 < M:
+                for l in range(L):
+                    _gemm(min(ms, M - m0), N, K, A + off_a[l] + m0 * rs_a, rs_a, cs_a,
+                          B + off_b[l], rs_b, cs_b, C + off_c[l] + m0 * rs_c, rs_c, cs_c,
+                          accumulate, mc_blk, 1, Bp_all + t * bp_size, Ap_all + t * ap_size)
     else:
         for l in range(L):
             _gemm(M, N, K, A + off_a[l], rs_a, cs_a, B + off_b[l], rs_b, cs_b,
@@ -232,8 +262,7 @@ cdef int _run(Py_ssize_t L, cnp.ndarray off_a, cnp.ndarray off_b, cnp.ndarray of
     cdef const float *T
     cdef Py_ssize_t s, mc_blk, bp_size, ap_size, kc_max
     cdef size_t cap
-    cdef int nthreads = mtx_get_max_threads(), nbuf
-    cdef bint batch_parallel = False
+    cdef int nthreads = mtx_get_max_threads(), nbuf, split
     cdef float *Bp
     cdef float *Ap
     cdef const Py_ssize_t *pa = <const Py_ssize_t *>cnp.PyArray_DATA(off_a)
@@ -251,12 +280,19 @@ cdef int _run(Py_ssize_t L, cnp.ndarray off_a, cnp.ndarray off_b, cnp.ndarray of
     if L * M * N * K < PARALLEL_MIN_MACS:
         nthreads = 1
     if nthreads > 1 and L >= nthreads and M * N * K < (1 << 22):
-        batch_parallel = True
-    mc_blk = _mc_block(M, 1 if batch_parallel else nthreads)
+        split = SPLIT_BATCH
+    elif nthreads > 1 and _split_rows and M >= nthreads * MR:
+        split = SPLIT_ROWS
+    else:
+        split = SPLIT_BLOCKS
+    if split == SPLIT_ROWS:
+        mc_blk = _mc_block(_round_up((M + nthreads - 1) // nthreads, MR), 1)
+    else:
+        mc_blk = _mc_block(M, 1 if split == SPLIT_BATCH else nthreads)
     kc_max = min(<Py_ssize_t>KC, K)
-    nbuf = nthreads if batch_parallel else 1
+    nbuf = 1 if split == SPLIT_BLOCKS else nthreads           # private buffers per thread?
     bp_size = kc_max * _round_up(min(<Py_ssize_t>NC, N), NR)
-    ap_size = nthreads * mc_blk * KC if not batch_parallel else mc_blk * KC
+    ap_size = nthreads * mc_blk * KC if split == SPLIT_BLOCKS else mc_blk * KC
     bp_size = _round_up(bp_size, 16)                     # keep Ap 64-byte aligned
     Bp = <float *>mtx_buffer_acquire(nbuf * (bp_size + ap_size) * sizeof(float), &cap)
     if Bp == NULL:
@@ -264,7 +300,7 @@ cdef int _run(Py_ssize_t L, cnp.ndarray off_a, cnp.ndarray off_b, cnp.ndarray of
     Ap = Bp + nbuf * bp_size
     with nogil:
         _gemm_batched(L, pa, pb, pc, M, N, K, A, rs_a, cs_a, B, rs_b, cs_b, C, rs_c, cs_c,
-                      accumulate, mc_blk, nthreads, batch_parallel, Bp, bp_size, Ap, ap_size)
+                      accumulate, mc_blk, nthreads, split, Bp, bp_size, Ap, ap_size)
     mtx_buffer_release(Bp, cap)
     return 0
 

@@ -176,8 +176,9 @@ def test_reference_pieces_follow_the_blis_layout():
 
 @pytest.mark.skipif("c" not in backend.available(), reason="minitx_c not built")
 def test_c_matmul_threads_and_batch_paths_agree():
-    """1 and 2 threads (row blocks and batch split) give bitwise the same result."""
+    """1 and 2 threads (row slabs, shared-B blocks, batch split) give bitwise the same result."""
     import minitx_c
+    from minitx_c.gemm import set_parallel_split
     rng = np.random.default_rng(3)
     cases = [(rand(rng, (301, 270)), rand(rng, (270, 290))),            # threaded row blocks
              (rand(rng, (6, 40, 33)), rand(rng, (6, 33, 50)))]          # batch split
@@ -187,11 +188,14 @@ def test_c_matmul_threads_and_batch_paths_agree():
             minitx_c.set_num_threads(1)
             one = minitx_c.matmul(a, b)
             minitx_c.set_num_threads(2)
-            two = minitx_c.matmul(a, b)
-            np.testing.assert_array_equal(one, two)
+            for split in ("rows", "blocks"):
+                set_parallel_split(split)
+                two = minitx_c.matmul(a, b)
+                np.testing.assert_array_equal(one, two, err_msg=f"split={split}")
             check_close(two, a, b)
     finally:
         minitx_c.set_num_threads(before)
+        set_parallel_split("rows")
 
 
 @pytest.mark.skipif("c" not in backend.available(), reason="minitx_c not built")
