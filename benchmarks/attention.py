@@ -169,6 +169,7 @@ def main(argv=None):
     for causal in (False, True):
         for N in ns:
             results[causal, N] = bench_one(N, args.d, causal, args, clock)
+            print(f"  done N={N} causal={causal}", file=sys.stderr, flush=True)
     cols = ("N causal | naive_np flash2_np  cython_fwd cython_bwd  torch_fwd torch_bwd | "
             "c/torch_fwd c/torch_bwd c_bwd/c_fwd c_causal/c_full")
     print("\nTIME (ms)\n" + cols)

@@ -13,7 +13,8 @@ how each tile is computed:
   - the backward works on transposed tiles S^T, P^T, dS^T (keys as rows), so that every product
     is a plain row-major GEMM: dV_j += P^T dO_i, dK_j += dS^T Q_i and dQ_i^T += K_j^T dS^T.
 Parallelism (OpenMP, when built with it): the forward runs (batch x head x Q block) tasks, the
-backward one task per (batch x KV head), since the KV heads of a GQA group share dK, dV.
+backward one task per (batch x KV head), since the query heads of a GQA group all add into
+their KV head's dK, dV.
 Scratch memory is allocated by NumPy before the GIL is released, one slice per thread, so the
 kernels never allocate. Inputs are validated and made contiguous first.
 """
