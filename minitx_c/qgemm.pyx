@@ -170,30 +170,58 @@ cdef void _gemm_i8(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
                                  C + jc, rs_c, 1 if pc > 0 else 0)
 
 
+@cython.wraparound(False)
+cdef void _gemm_i8_rows(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
+                        const int8_t *A, Py_ssize_t rs_a, Py_ssize_t cs_a,
+                        const int8_t *B, Py_ssize_t rs_b, Py_ssize_t cs_b,
+                        int32_t *C, Py_ssize_t rs_c, Py_ssize_t mc_blk, int nthreads,
+                        int16_t *Bp_all, Py_ssize_t bp_size, int16_t *Ap_all,
+                        Py_ssize_t ap_size) noexcept nogil:
+    """Threads split C into row slabs, each with its own packed B (as gemm.pyx SPLIT_ROWS)."""
+    cdef Py_ssize_t t, m0, ms = ((M + nthreads - 1) // nthreads + MR - 1) // MR * MR
+    for t in prange(nthreads, schedule="static", num_threads=nthreads):
+        m0 = t * ms
+        if m0 < M:
+            _gemm_i8(min(ms, M - m0), N, K, A + m0 * rs_a, rs_a, cs_a, B, rs_b, cs_b,
+                     C + m0 * rs_c, rs_c, mc_blk, 1, Bp_all + t * bp_size, Ap_all + t * ap_size)
+
+
 cdef _matmul_int8_2d(cnp.ndarray A, cnp.ndarray B, cnp.ndarray C):
     cdef Py_ssize_t M = A.shape[0], K = A.shape[1], N = B.shape[1]
     cdef Py_ssize_t rs_a = A.strides[0], cs_a = A.strides[1]
     cdef Py_ssize_t rs_b = B.strides[0], cs_b = B.strides[1], rs_c = C.strides[0] // 4
     cdef int nthreads = mtx_get_max_threads()
-    cdef Py_ssize_t n_blk, mc_blk, kc_max = min(<Py_ssize_t>KC, K) + 1
+    cdef Py_ssize_t n_blk, mc_blk, m_thread, kc_max = min(<Py_ssize_t>KC, K) + 1
+    cdef Py_ssize_t bp_size, ap_size
+    cdef size_t cap
     cdef int16_t *Bp
     cdef int16_t *Ap
+    cdef bint rows
     if M * N * K < PARALLEL_MIN_MACS:
         nthreads = 1
-    n_blk = (M + MC - 1) // MC
-    n_blk = (n_blk + nthreads - 1) // nthreads * nthreads
-    mc_blk = min(<Py_ssize_t>MC, ((M + n_blk - 1) // n_blk + MR - 1) // MR * MR)
-    cdef Py_ssize_t bp_size = kc_max * ((min(<Py_ssize_t>NC, N) + NR - 1) // NR * NR)
-    cdef size_t cap
+    rows = nthreads > 1 and M >= nthreads * MR
+    m_thread = (M + nthreads - 1) // nthreads if rows else M
+    n_blk = (m_thread + MC - 1) // MC
+    if not rows:
+        n_blk = (n_blk + nthreads - 1) // nthreads * nthreads
+    mc_blk = min(<Py_ssize_t>MC, ((m_thread + n_blk - 1) // n_blk + MR - 1) // MR * MR)
+    bp_size = kc_max * ((min(<Py_ssize_t>NC, N) + NR - 1) // NR * NR)
     bp_size = (bp_size + 31) // 32 * 32                        # keep Ap 64-byte aligned
-    Bp = <int16_t *>mtx_buffer_acquire((bp_size + nthreads * mc_blk * KC) * 2, &cap)
+    ap_size = mc_blk * KC
+    Bp = <int16_t *>mtx_buffer_acquire(nthreads * (bp_size + ap_size) * 2, &cap)
     if Bp == NULL:
         raise MemoryError(f"matmul_int8: cannot allocate packing buffers for {M}x{K} @ {K}x{N}")
-    Ap = Bp + bp_size
+    Ap = Bp + nthreads * bp_size
     with nogil:
-        _gemm_i8(M, N, K, <const int8_t *>cnp.PyArray_DATA(A), rs_a, cs_a,
-                 <const int8_t *>cnp.PyArray_DATA(B), rs_b, cs_b,
-                 <int32_t *>cnp.PyArray_DATA(C), rs_c, mc_blk, nthreads, Bp, Ap)
+        if rows:
+            _gemm_i8_rows(M, N, K, <const int8_t *>cnp.PyArray_DATA(A), rs_a, cs_a,
+                          <const int8_t *>cnp.PyArray_DATA(B), rs_b, cs_b,
+                          <int32_t *>cnp.PyArray_DATA(C), rs_c, mc_blk, nthreads, Bp, bp_size,
+                          Ap, ap_size)
+        else:
+            _gemm_i8(M, N, K, <const int8_t *>cnp.PyArray_DATA(A), rs_a, cs_a,
+                     <const int8_t *>cnp.PyArray_DATA(B), rs_b, cs_b,
+                     <int32_t *>cnp.PyArray_DATA(C), rs_c, mc_blk, nthreads, Bp, Ap)
     mtx_buffer_release(Bp, cap)
 
 

@@ -143,3 +143,18 @@ def test_int_kernels_errors(bk):
         w4(x, q, s)
     with pytest.raises(ValueError, match="even"):
         w4(np.ones((2, 6), np.float32), np.ones((3, 3), np.uint8), np.ones((3, 2), np.float32), 3)
+
+
+@pytest.mark.skipif("c" not in backend.available(), reason="minitx_c not built")
+def test_matmul_int8_threaded_exact():
+    import minitx_c
+    rng = np.random.default_rng(7)
+    a, b = int8s(rng, (301, 700)), int8s(rng, (700, 290))      # row slabs, K over 512
+    want = a.astype(np.int32) @ b.astype(np.int32)
+    before = minitx_c.get_num_threads()
+    try:
+        for t in (1, 2):
+            minitx_c.set_num_threads(t)
+            np.testing.assert_array_equal(minitx_c.matmul_int8(a, b), want, err_msg=f"{t} threads")
+    finally:
+        minitx_c.set_num_threads(before)
