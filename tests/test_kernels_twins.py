@@ -107,3 +107,22 @@ def test_set_backend_validates():
         backend.set_backend("cuda")
     with backend.using("numpy"):
         assert backend.kernel("softmax_lastdim") is fused.softmax_lastdim
+
+
+def test_missing_extension_falls_back_with_a_notice(tmp_path):
+    fake = tmp_path / "minitx_c"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('simulated: no compiled kernels')\n")
+    import minitx
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(tmp_path), os.path.dirname(os.path.dirname(minitx.__file__))]))
+    env.pop("MINITX_PURE", None)
+    code = ("import numpy as np, minitx, minitx.nn.functional as F\n"
+            "x = minitx.tensor(np.ones((2, 3)), requires_grad=True)\n"
+            "F.layer_norm(F.softmax(x), 3).sum().backward()\n"
+            "print(minitx.backend.active(), minitx.backend.available())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True, cwd=tmp_path)
+    assert out.stdout.strip() == "numpy ['numpy']"
+    assert "simulated: no compiled kernels" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
