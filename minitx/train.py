@@ -25,7 +25,7 @@ from minitx.tokenizer import ByteTokenizer
 
 @dataclasses.dataclass
 class TrainConfig:
-    max_steps: int = 1500
+    max_steps: int = 1000
     batch_size: int = 16
     lr: float = 2e-3
     min_lr: float = 2e-4
@@ -33,9 +33,9 @@ class TrainConfig:
     weight_decay: float = 0.1
     betas: tuple = (0.9, 0.99)
     grad_clip: float = 1.0
-    eval_interval: int = 250
+    eval_interval: int = 200
     eval_iters: int = 20
-    ckpt_interval: int = 250
+    ckpt_interval: int = 200
     log_interval: int = 10
     seed: int = 1337
     val_fraction: float = 0.1

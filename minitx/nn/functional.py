@@ -295,10 +295,17 @@ class _Gelu(Function):
     def forward(ctx, x, approximate):
         ctx.approximate = approximate
         if approximate == "tanh":       # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
-            x2 = x * x
-            th = np.tanh(_SQRT_2_OVER_PI * x * (1 + 0.044715 * x2))
+            c = x.dtype.type(_SQRT_2_OVER_PI)
+            u = np.multiply(x, x, out=np.empty_like(x))  # in-place steps: one buffer, not six
+            u *= 0.044715 * c
+            u += c
+            u *= x                                      # u = sqrt(2/pi) (x + 0.044715 x^3)
+            th = np.tanh(u, out=u)
             ctx.save_for_backward(x, th)
-            return 0.5 * x * (1 + th)
+            out = th + 1
+            out *= x
+            out *= 0.5
+            return out
         cdf = 0.5 * (1 + _erf(x / math.sqrt(2)))               # Phi(x)
         ctx.save_for_backward(x, cdf)
         return x * cdf
@@ -307,9 +314,18 @@ class _Gelu(Function):
     def backward(ctx, g):
         x, saved = ctx.saved_tensors
         if ctx.approximate == "tanh":   # d/dx = 0.5 (1 + th) + 0.5 x (1 - th^2) du/dx
-            th = saved
-            du = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)
-            return g * (0.5 * (1 + th) + 0.5 * x * (1 - th * th) * du)
+            th, c = saved, x.dtype.type(_SQRT_2_OVER_PI)
+            du = x * x
+            du *= 3 * 0.044715 * c
+            du += c                                     # du/dx = sqrt(2/pi) (1 + 3 0.044715 x^2)
+            d = th * th
+            d -= 1
+            d *= du
+            d *= x                                      # -x (1 - th^2) du/dx
+            d -= th
+            d -= 1
+            d *= -0.5 * g                               # 0.5 (1 + th + x (1 - th^2) du/dx) g
+            return d
         pdf = np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)  # d/dx = Phi(x) + x phi(x)
         return (g * (saved + x * pdf)).astype(x.dtype, copy=False)
 
