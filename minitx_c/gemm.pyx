@@ -274,7 +274,6 @@ cdef int _run(Py_ssize_t L, cnp.ndarray off_a, cnp.ndarray off_b, cnp.ndarray of
         T = A; A = B; B = T
         s = rs_a; rs_a = cs_b; cs_b = s
         s = cs_a; cs_a = rs_b; rs_b = s
-        rs_a, cs_a, rs_b, cs_b = rs_a, cs_a, rs_b, cs_b
         s = rs_c; rs_c = cs_c; cs_c = s
         pa, pb = pb, pa
     if L * M * N * K < PARALLEL_MIN_MACS:
@@ -400,16 +399,16 @@ def _matmul_general(a, b, out, bint accumulate):
             raise ValueError(f"matmul: out has shape {out.shape}, expected {result_shape}")
         if not out.flags.writeable:
             raise ValueError("matmul: out is read-only")
-        if np.may_share_memory(out, a) or np.may_share_memory(out, b):
-            tmp = _matmul_general(a, b, None, False)             # out aliases an input
+        if (np.may_share_memory(out, a) or np.may_share_memory(out, b)
+                or out.ndim != len(shape)):
+            # out aliases an input (or drops a vector dim): compute aside, then write.
+            tmp = _matmul_general(a, b, None, False)
             if accumulate:
                 out += tmp
             else:
                 out[...] = tmp
             return out
-        C = out.reshape(shape) if out.ndim != len(shape) else out
-        if C.ndim == len(shape) and not np.may_share_memory(C, out):
-            raise ValueError("matmul: internal error, out view copied")   # pragma: no cover
+        C = out
         result = out
     else:
         C = np.empty(shape, dtype=np.float32)
@@ -446,69 +445,3 @@ def _matmul_general(a, b, out, bint accumulate):
          <const float *>cnp.PyArray_DATA(B), Bs[0] // 4, Bs[1] // 4,
          <float *>cnp.PyArray_DATA(C), Cs[0] // 4, Cs[1] // 4, accumulate)
     return result
-
-
-# ------------------------------------------------------ textbook loops, for tutorial 03
-@cython.wraparound(False)
-cdef void _loops_ijk(const float[:, ::1] A, const float[:, ::1] B, float[:, ::1] C) noexcept nogil:
-    cdef Py_ssize_t i, j, k
-    cdef float s
-    for i in range(A.shape[0]):
-        for j in range(B.shape[1]):
-            s = 0
-            for k in range(A.shape[1]):                  # B[k, j]: stride N, no vectors
-                s = s + A[i, k] * B[k, j]
-            C[i, j] = s
-
-
-@cython.wraparound(False)
-cdef void _loops_ikj(const float[:, ::1] A, const float[:, ::1] B, float[:, ::1] C,
-                     Py_ssize_t bs) noexcept nogil:
-    """C += A @ B by tiles of bs x bs x bs; inside a tile i, k, j (contiguous rows)."""
-    cdef Py_ssize_t M = A.shape[0], K = A.shape[1], N = B.shape[1]
-    cdef Py_ssize_t ib, kb, jb, i0, k0, j0, i, k, j
-    cdef float a
-    for ib in range((M + bs - 1) // bs):
-        i0 = ib * bs
-        for kb in range((K + bs - 1) // bs):
-            k0 = kb * bs
-            for jb in range((N + bs - 1) // bs):
-                j0 = jb * bs
-                for i in range(i0, min(i0 + bs, M)):
-                    for k in range(k0, min(k0 + bs, K)):
-                        a = A[i, k]
-                        for j in range(j0, min(j0 + bs, N)):   # compiler vectorises this
-                            C[i, j] += a * B[k, j]
-
-
-def matmul_loops(a, b, order="ikj", block=0):
-    """The textbook loops, compiled: what loop order and blocking alone are worth (tutorial 03).
-
-    Args:
-        a: (M, K) float32; b: (K, N) float32.
-        order: "ijk" (dot product per C[i, j], B read down columns) or "ikj" (row updates).
-        block: with order="ikj", tile size for cache blocking (0 = no blocking).
-    Returns:
-        (M, N) float32.
-    """
-    _check_operand("a", a)
-    _check_operand("b", b)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
-        raise ValueError(f"matmul_loops needs (M, K) @ (K, N), got {a.shape} @ {b.shape}")
-    if order not in ("ijk", "ikj"):
-        raise ValueError(f"order must be 'ijk' or 'ikj', got {order!r}")
-    block = int(block)
-    if block < 0:
-        raise ValueError(f"block must be >= 0, got {block}")
-    C = np.zeros((a.shape[0], b.shape[1]), dtype=np.float32)
-    cdef const float[:, ::1] Av = np.ascontiguousarray(a)
-    cdef const float[:, ::1] Bv = np.ascontiguousarray(b)
-    cdef float[:, ::1] Cv = C
-    cdef Py_ssize_t bs = block if block > 0 else max(1, max(a.shape[0], a.shape[1], b.shape[1]))
-    if order == "ijk":
-        with nogil:
-            _loops_ijk(Av, Bv, Cv)
-    else:
-        with nogil:
-            _loops_ikj(Av, Bv, Cv, bs)
-    return C

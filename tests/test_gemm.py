@@ -117,6 +117,9 @@ def test_matmul_vectors_and_empty(bk):
     check_close(mm(v, b), v, b)                       # (K,) @ (K, N) -> (N,)
     check_close(mm(a, v), a, v)                       # (M, K) @ (K,) -> (M,)
     check_close(mm(v, v), v, v)                       # dot product -> ()
+    out = np.full((2, 3), 7.0, np.float32)[0]         # (N,) out for (K,) @ (K, N)
+    mm(v, b, out=out, accumulate=True)
+    check_close(out, v, b, accumulate_into=np.full(3, 7.0))
     assert mm(rand(rng, (0, 4)), rand(rng, (4, 3))).shape == (0, 3)
     z = mm(rand(rng, (3, 0)), rand(rng, (0, 2)))      # K = 0: zeros, like np.matmul
     np.testing.assert_array_equal(z, np.zeros((3, 2), np.float32))
@@ -211,7 +214,7 @@ def test_c_matmul_matches_numpy_twin_on_one_block():
 @pytest.mark.skipif("c" not in backend.available(), reason="minitx_c not built")
 @pytest.mark.parametrize("order, block", [("ijk", 0), ("ikj", 0), ("ikj", 5)])
 def test_c_matmul_loops_teaching_kernels(order, block):
-    from minitx_c.gemm import matmul_loops
+    from minitx_c.gemm_loops import matmul_loops
     rng = np.random.default_rng(5)
     a, b = rand(rng, (13, 11)), rand(rng, (11, 7))
     check_close(matmul_loops(np.asfortranarray(a), b, order, block), a, b)

@@ -89,7 +89,7 @@ results.append(("1 triple loop (Python)", N_SLOW, gflops(lambda: matmul_triple_l
 
 # %% [markdown]
 # ## 2. Loop order (compiled)
-# From here on the loops are compiled C (`minitx_c.gemm.matmul_loops`), so what we measure is
+# From here on the loops are compiled C (`minitx_c.gemm_loops.matmul_loops`), so what we measure is
 # the memory system, not the interpreter. `i, j, k` computes each C[i, j] as a dot product and
 # reads B down a column: stride N floats, a new cache line per multiply-add, and a serial
 # dependency on the sum. `i, k, j` updates a whole row, `C[i, :] += A[i, k] * B[k, :]`: two
@@ -103,7 +103,7 @@ results.append(("1 triple loop (Python)", N_SLOW, gflops(lambda: matmul_triple_l
 have_c = "c" in backend.available()
 A2, B2 = operands(N_FAST)
 if have_c:
-    from minitx_c.gemm import matmul_loops
+    from minitx_c.gemm_loops import matmul_loops
     for label, order, block in (("2a loops i,j,k (compiled)", "ijk", 0),
                                 ("2b loops i,k,j (compiled)", "ikj", 0),
                                 ("3 i,k,j in 64^3 tiles (compiled)", "ikj", 64)):
