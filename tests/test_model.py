@@ -56,7 +56,7 @@ def test_config_validation_and_input_errors():
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_model_gradients_against_finite_differences(variant):
+def test_model_gradients_against_finite_differences(on_backend, variant):
     """Spot-check d(loss)/d(param) for a few entries of every parameter, in float64."""
     minitx.manual_seed(1)
     m = GPT(_tiny(**VARIANTS[variant])).to(np.float64)
@@ -92,7 +92,7 @@ def test_causality_future_tokens_do_not_change_the_past(variant):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_kv_cache_logits_equal_a_full_forward(variant, dtype):
+def test_kv_cache_logits_equal_a_full_forward(on_backend, variant, dtype):
     minitx.manual_seed(3)
     m = GPT(_tiny(**VARIANTS[variant])).to(dtype).eval()
     x = np.random.default_rng(2).integers(0, 11, (2, 8))
