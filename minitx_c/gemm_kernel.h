@@ -259,70 +259,116 @@ static inline void mtx_i8gemm_ukernel(ptrdiff_t kp, const int16_t *restrict a,
 #endif
 }
 
-/* ---------------------------------------------------------------- weight-only dot products */
-/* sum_k x[k] * w[k] for float32 x and int8 w (one row of a quantized Linear weight). */
-static inline float mtx_dot_f32_i8(const float *restrict x, const int8_t *restrict w, ptrdiff_t n)
-{
-    ptrdiff_t k = 0;
-    float s = 0.0f;
+/* ---------------------------------------------------------------- weight-only rows */
+/* One output of a weight-only quantized Linear:
+ *   y = sum_g scale[g] * sum_{k in group g} x[k] * q[k],   G values per group, n_groups groups.
+ * int8: w holds q as int8. int4: w holds bytes, q[2j] = (w[j] & 15) - 8, q[2j+1] = (w[j] >> 4) - 8.
+ * The AVX2 path widens 16 weights to float per step (int8 -> int32 -> float, or nibbles
+ * unpacked in k order), keeps the group's partial sums in vector registers, folds each group
+ * into the row accumulator with one FMA by its scale, and reduces horizontally once per row. */
 #if MTX_SIMD
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-    __m256 s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
-    __m128 h;
-    for (; k + 32 <= n; k += 32) {     /* widen 8 int8 -> 8 int32 -> 8 float, then FMA */
-        __m128i w16a = _mm_loadu_si128((const __m128i *)(w + k));
-        __m128i w16b = _mm_loadu_si128((const __m128i *)(w + k + 16));
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k),
-                             _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(w16a)), s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 8),
-                             _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(w16a, 8))), s1);
-        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 16),
-                             _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(w16b)), s2);
-        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 24),
-                             _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(w16b, 8))), s3);
-    }
-    s0 = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
-    h = _mm_add_ps(_mm256_castps256_ps128(s0), _mm256_extractf128_ps(s0, 1));
+static inline float mtx_hsum8(__m256 v)
+{
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     h = _mm_add_ps(h, _mm_movehl_ps(h, h));
     h = _mm_add_ss(h, _mm_movehdup_ps(h));
-    s = _mm_cvtss_f32(h);
-#endif
-    for (; k < n; k++)
-        s += x[k] * (float)w[k];
-    return s;
+    return _mm_cvtss_f32(h);
 }
 
-/* sum_k x[k] * q[k] for packed int4 w: byte j holds q[2j] + 8 (low nibble), q[2j+1] + 8 (high).
- * n = number of weights (even); wp points at byte k0 / 2 of the row. */
-static inline float mtx_dot_f32_i4(const float *restrict x, const uint8_t *restrict wp, ptrdiff_t n)
+/* q[0..15] as int8 in k order, from 16 int8 or 8 packed int4 bytes */
+static inline __m128i mtx_load16_i8(const int8_t *w) { return _mm_loadu_si128((const __m128i *)w); }
+static inline __m128i mtx_load16_i4(const uint8_t *wp)
 {
-    ptrdiff_t k = 0;
-    float s = 0.0f;
-#if MTX_SIMD
     const __m128i mask = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-    __m128 h;
-    for (; k + 16 <= n; k += 16) {     /* 8 bytes -> 16 nibbles in k order -> 2 x 8 floats */
-        __m128i by = _mm_loadl_epi64((const __m128i *)(wp + k / 2));
-        __m128i lo = _mm_and_si128(by, mask);
-        __m128i hi = _mm_and_si128(_mm_srli_epi16(by, 4), mask);
-        __m128i q = _mm_sub_epi8(_mm_unpacklo_epi8(lo, hi), eight);   /* q[k .. k+15] */
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k),
-                             _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 8),
-                             _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q, 8))), s1);
-    }
-    s0 = _mm256_add_ps(s0, s1);
-    h = _mm_add_ps(_mm256_castps256_ps128(s0), _mm256_extractf128_ps(s0, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_add_ss(h, _mm_movehdup_ps(h));
-    s = _mm_cvtss_f32(h);
+    __m128i by = _mm_loadl_epi64((const __m128i *)wp);
+    __m128i lo = _mm_and_si128(by, mask);
+    __m128i hi = _mm_and_si128(_mm_srli_epi16(by, 4), mask);
+    return _mm_sub_epi8(_mm_unpacklo_epi8(lo, hi), eight);
+}
 #endif
-    for (; k < n; k += 2) {
-        uint8_t byte = wp[k / 2];
-        s += x[k] * (float)((int)(byte & 0x0F) - 8) + x[k + 1] * (float)((int)(byte >> 4) - 8);
+
+static inline float mtx_qrow_dot(const float *restrict x, const void *restrict w, int int4,
+                                 const float *restrict scales, ptrdiff_t n_groups, ptrdiff_t G)
+{
+    const int8_t *w8 = (const int8_t *)w;
+    const uint8_t *w4 = (const uint8_t *)w;
+    float tail = 0.0f;
+    ptrdiff_t g, k, k0;
+#if MTX_SIMD
+    __m256 acc = _mm256_setzero_ps();
+    for (g = 0; g < n_groups; g++) {
+        __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+        float st = 0.0f;
+        k0 = g * G;
+        for (k = 0; k + 16 <= G; k += 16) {
+            __m128i q = int4 ? mtx_load16_i4(w4 + (k0 + k) / 2) : mtx_load16_i8(w8 + k0 + k);
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k0 + k),
+                                 _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), s0);
+            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k0 + k + 8),
+                                 _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q, 8))), s1);
+        }
+        for (; k < G; k++) {
+            ptrdiff_t kk = k0 + k;
+            int q = int4 ? ((kk & 1) ? (w4[kk / 2] >> 4) : (w4[kk / 2] & 0x0F)) - 8 : w8[kk];
+            st += x[kk] * (float)q;
+        }
+        acc = _mm256_fmadd_ps(_mm256_add_ps(s0, s1), _mm256_set1_ps(scales[g]), acc);
+        tail += st * scales[g];
     }
-    return s;
+    return mtx_hsum8(acc) + tail;
+#else
+    for (g = 0; g < n_groups; g++) {
+        float st = 0.0f;
+        k0 = g * G;
+        for (k = 0; k < G; k++) {
+            ptrdiff_t kk = k0 + k;
+            int q = int4 ? ((kk & 1) ? (w4[kk / 2] >> 4) : (w4[kk / 2] & 0x0F)) - 8 : w8[kk];
+            st += x[kk] * (float)q;
+        }
+        tail += st * scales[g];
+    }
+    return tail;
+#endif
+}
+
+/* Four consecutive outputs (weight rows w, w + row_bytes, ...) of the same x: x is loaded once
+ * per 16 k for all four rows. Vector path when G is a multiple of 16, else four mtx_qrow_dot. */
+static inline void mtx_qrow_dot4(const float *restrict x, const void *restrict w,
+                                 ptrdiff_t row_bytes, int int4, const float *restrict scales,
+                                 ptrdiff_t n_groups, ptrdiff_t G, float *restrict out)
+{
+    int r;
+#if MTX_SIMD
+    if (G % 16 == 0) {
+        __m256 acc[4], part[4], xa, xb;
+        __m128i q;
+        ptrdiff_t g, k, k0;
+        for (r = 0; r < 4; r++) acc[r] = _mm256_setzero_ps();
+        for (g = 0; g < n_groups; g++) {
+            k0 = g * G;
+            for (r = 0; r < 4; r++) part[r] = _mm256_setzero_ps();
+            for (k = k0; k < k0 + G; k += 16) {
+                xa = _mm256_loadu_ps(x + k);
+                xb = _mm256_loadu_ps(x + k + 8);
+                for (r = 0; r < 4; r++) {
+                    const char *wr = (const char *)w + r * row_bytes;
+                    q = int4 ? mtx_load16_i4((const uint8_t *)wr + k / 2)
+                             : mtx_load16_i8((const int8_t *)wr + k);
+                    part[r] = _mm256_fmadd_ps(xa, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), part[r]);
+                    part[r] = _mm256_fmadd_ps(xb, _mm256_cvtepi32_ps(
+                        _mm256_cvtepi8_epi32(_mm_srli_si128(q, 8))), part[r]);
+                }
+            }
+            for (r = 0; r < 4; r++)
+                acc[r] = _mm256_fmadd_ps(part[r], _mm256_set1_ps(scales[r * n_groups + g]), acc[r]);
+        }
+        for (r = 0; r < 4; r++) out[r] = mtx_hsum8(acc[r]);
+        return;
+    }
+#endif
+    for (r = 0; r < 4; r++)
+        out[r] = mtx_qrow_dot(x, (const char *)w + r * row_bytes, int4, scales + r * n_groups,
+                              n_groups, G);
 }
 
 #endif

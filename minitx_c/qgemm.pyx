@@ -10,7 +10,7 @@ FMA kernel per instruction. Conventions (int4 nibble order, scales) are document
 `minitx/kernels/int8.py`.
 
 linear_w8 / linear_w4: y = x @ (q * scale)^T + bias.
-  * few rows (generation, M < QLINEAR_GEMM_MIN_M): one dot product per output, int8 / int4
+  * few rows (generation, M < QLINEAR_GEMM_MIN_M): dot products, four output channels per pass over x, int8 / int4
     widened to float in registers; the weight is read once per row and never dequantized.
   * many rows: dequantize NB output channels at a time into a float32 tile and multiply it on
     the float32 GEMM (`minitx_c.gemm.matmul`), so the extra memory is NB x K floats.
@@ -33,8 +33,10 @@ cdef extern from "gemm_kernel.h" nogil:
     void mtx_buffer_release(void *p, size_t capacity)
     void mtx_i8gemm_ukernel(Py_ssize_t kp, const int16_t *a, const int16_t *b, int32_t *c,
                             Py_ssize_t rs_c, int beta)
-    float mtx_dot_f32_i8(const float *x, const int8_t *w, Py_ssize_t n)
-    float mtx_dot_f32_i4(const float *x, const uint8_t *wp, Py_ssize_t n)
+    float mtx_qrow_dot(const float *x, const void *w, int int4, const float *scales,
+                       Py_ssize_t n_groups, Py_ssize_t G)
+    void mtx_qrow_dot4(const float *x, const void *w, Py_ssize_t row_bytes, int int4,
+                       const float *scales, Py_ssize_t n_groups, Py_ssize_t G, float *out)
 
 cdef enum:
     MR = 6
@@ -42,7 +44,7 @@ cdef enum:
     MC = 144
     KC = 512          # k values per 4th-loop slice = 256 int16 pairs (same bytes as float KC)
     NC = 4080
-    QLINEAR_GEMM_MIN_M = 8   # rows of x from which linear_w* dequantizes tiles for the GEMM
+    QLINEAR_GEMM_MIN_M = 12  # rows of x from which linear_w* dequantizes tiles for the GEMM
     QLINEAR_NB = 256         # output channels dequantized per tile on the GEMM path
 cdef Py_ssize_t PARALLEL_MIN_MACS = 1 << 18
 K_MAX = 131071               # K * 128 * 128 must fit in int32
@@ -266,13 +268,15 @@ cdef void _qlinear_rows(const float *X, Py_ssize_t M, Py_ssize_t K, const void *
                         Py_ssize_t G, const float *bias, float *Y, Py_ssize_t N,
                         int nthreads) noexcept nogil:
     """Y[m, n] = sum_g scale[n, g] * dot(X[m, gG:(g+1)G], q[n, gG:(g+1)G]) (+ bias[n])."""
-    cdef Py_ssize_t n
+    cdef Py_ssize_t n4, n_quads = N // 4
     if nthreads > 1:
-        for n in prange(N, schedule="static", num_threads=nthreads):   # one output channel each
-            _qlinear_channel(n, X, M, K, W, row_bytes, int4, S, n_groups, G, bias, Y, N)
+        for n4 in prange(n_quads, schedule="static", num_threads=nthreads):
+            _qlinear_quad(4 * n4, X, M, K, W, row_bytes, int4, S, n_groups, G, bias, Y, N)
     else:
-        for n in range(N):
-            _qlinear_channel(n, X, M, K, W, row_bytes, int4, S, n_groups, G, bias, Y, N)
+        for n4 in range(n_quads):
+            _qlinear_quad(4 * n4, X, M, K, W, row_bytes, int4, S, n_groups, G, bias, Y, N)
+    for n4 in range(4 * n_quads, N):                            # the last N % 4 channels
+        _qlinear_channel(n4, X, M, K, W, row_bytes, int4, S, n_groups, G, bias, Y, N)
 
 
 @cython.wraparound(False)
@@ -280,20 +284,27 @@ cdef void _qlinear_channel(Py_ssize_t n, const float *X, Py_ssize_t M, Py_ssize_
                            const void *W, Py_ssize_t row_bytes, bint int4, const float *S,
                            Py_ssize_t n_groups, Py_ssize_t G, const float *bias, float *Y,
                            Py_ssize_t N) noexcept nogil:
-    """Output channel n for every row m: the weight row is read once, from L1 after row 0."""
-    cdef Py_ssize_t m, g
-    cdef float acc
+    """Output channel n for every row m."""
+    cdef Py_ssize_t m
     cdef const char *wrow = <const char *>W + n * row_bytes
     for m in range(M):
-        acc = 0
-        for g in range(n_groups):
-            if int4:
-                acc = acc + S[n * n_groups + g] * mtx_dot_f32_i4(
-                    X + m * K + g * G, <const uint8_t *>wrow + g * G // 2, G)
-            else:
-                acc = acc + S[n * n_groups + g] * mtx_dot_f32_i8(
-                    X + m * K + g * G, <const int8_t *>wrow + g * G, G)
-        Y[m * N + n] = acc + (bias[n] if bias != NULL else 0)
+        Y[m * N + n] = (mtx_qrow_dot(X + m * K, wrow, int4, S + n * n_groups, n_groups, G)
+                        + (bias[n] if bias != NULL else 0))
+
+
+@cython.wraparound(False)
+cdef void _qlinear_quad(Py_ssize_t n, const float *X, Py_ssize_t M, Py_ssize_t K,
+                        const void *W, Py_ssize_t row_bytes, bint int4, const float *S,
+                        Py_ssize_t n_groups, Py_ssize_t G, const float *bias, float *Y,
+                        Py_ssize_t N) noexcept nogil:
+    """Output channels n..n+3 for every row m (x row loaded once for four weight rows)."""
+    cdef Py_ssize_t m, r
+    cdef float out[4]
+    for m in range(M):
+        mtx_qrow_dot4(X + m * K, <const char *>W + n * row_bytes, row_bytes, int4,
+                      S + n * n_groups, n_groups, G, out)
+        for r in range(4):
+            Y[m * N + n + r] = out[r] + (bias[n + r] if bias != NULL else 0)
 
 
 @cython.wraparound(False)
@@ -301,21 +312,24 @@ cdef void _dequant_rows(const void *W, Py_ssize_t row_bytes, bint int4, const fl
                         Py_ssize_t n_groups, Py_ssize_t G, Py_ssize_t n0, Py_ssize_t nb,
                         Py_ssize_t K, float *T) noexcept nogil:
     """T[r, k] = q[n0 + r, k] * scale[n0 + r, k // G] for r < nb: one float32 weight tile."""
-    cdef Py_ssize_t r, k
+    cdef Py_ssize_t r, g, j
     cdef const int8_t *w8
     cdef const uint8_t *w4
     cdef float s
-    cdef uint8_t byte
+    cdef float *t
     for r in range(nb):
         w8 = <const int8_t *>W + (n0 + r) * row_bytes
         w4 = <const uint8_t *>W + (n0 + r) * row_bytes
-        for k in range(K):
-            s = S[(n0 + r) * n_groups + k // G]
+        for g in range(n_groups):
+            s = S[(n0 + r) * n_groups + g]
+            t = T + r * K + g * G
             if int4:
-                byte = w4[k // 2]
-                T[r * K + k] = s * <float>(<int>((byte >> 4) if k & 1 else (byte & 0x0F)) - 8)
+                for j in range(G // 2):                  # low nibble = even k
+                    t[2 * j] = s * <float>(<int>(w4[g * G // 2 + j] & 0x0F) - 8)
+                    t[2 * j + 1] = s * <float>(<int>(w4[g * G // 2 + j] >> 4) - 8)
             else:
-                T[r * K + k] = s * <float>w8[k]
+                for j in range(G):
+                    t[j] = s * <float>w8[g * G + j]
 
 
 cdef _qlinear(x, cnp.ndarray w, bint int4, scales, group_size, bias, Py_ssize_t K):
