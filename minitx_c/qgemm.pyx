@@ -10,8 +10,9 @@ FMA kernel per instruction. Conventions (int4 nibble order, scales) are document
 `minitx/kernels/int8.py`.
 
 linear_w8 / linear_w4: y = x @ (q * scale)^T + bias.
-  * few rows (generation, M < QLINEAR_GEMM_MIN_M): dot products, four output channels per pass over x, int8 / int4
-    widened to float in registers; the weight is read once per row and never dequantized.
+  * few rows (generation, M < QLINEAR_GEMM_MIN_M): dot products, four output channels per
+    pass over x, int8 / int4 widened to float in registers, group sums scaled in registers;
+    the weight is never dequantized in memory.
   * many rows: dequantize NB output channels at a time into a float32 tile and multiply it on
     the float32 GEMM (`minitx_c.gemm.matmul`), so the extra memory is NB x K floats.
 """
