@@ -7,12 +7,16 @@ Same five loops, names and block sizes as the NumPy reference (read that file fi
 
     for jc in range(0, N, NC):            5th loop: NC-wide column panel of B and C
       for pc in range(0, K, KC):          4th loop: KC-deep slice; pack B[pc:, jc:] -> Bp
-        for ic in prange(0, M, MC):       3rd loop (OpenMP): pack A[ic:, pc:] -> Ap
+        for ic in range(0, M, MC):        3rd loop: pack A[ic:, pc:] -> Ap
           for jr in range(0, nc, NR):     2nd loop: one NR-wide micro-panel of Bp (stays in L1)
             for ir in range(0, mc, MR):   1st loop: one MR-tall micro-panel of Ap (from L2)
               micro-kernel: C[ir:ir+MR, jr:jr+NR] += Ap_panel @ Bp_panel   (registers)
 
 The micro-kernel (AVX2 + FMA intrinsics with a scalar fallback) is in `gemm_kernel.h`.
+Threads (OpenMP, serial without it): by default each thread runs the loops above on its own
+slab of rows of C with its own packed B (no barrier inside a call, robust when the cores are
+shared); `set_parallel_split("blocks")` selects BLIS's shared packed B with the MC blocks of
+the 3rd loop split over threads; batches of small matrices are split matrix by matrix.
 Goto & van de Geijn 2008, "Anatomy of High-Performance Matrix Multiplication" (ACM TOMS 34:3);
 Van Zee & van de Geijn 2015, "BLIS: A Framework for Rapidly Instantiating BLAS Functionality".
 """
