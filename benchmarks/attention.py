@@ -62,6 +62,19 @@ def measure_time(run, repeats, clock, setup=None):
     return best
 
 
+def interleaved(fns, repeats, clock):
+    """Best time of each {name: (run, setup)} over `repeats` rounds; every round runs each once,
+    so that a burst of load from other processes hits all of them alike."""
+    best = {name: float("inf") for name in fns}
+    for _ in range(repeats):
+        for name, (run, setup) in fns.items():
+            arg = setup() if setup is not None else None
+            t0 = clock()
+            run(arg)
+            best[name] = min(best[name], clock() - t0)
+    return best
+
+
 def peak_numpy_bytes(run):
     """Peak extra bytes NumPy allocates during run()."""
     tracemalloc.start()
@@ -113,26 +126,32 @@ def bench_one(N, d, causal, args, clock):
     if N <= args.max_numpy:
         r["np2"] = measure_time(lambda _: np_flash2_forward(q, k, v, is_causal=causal), R, clock)
         r["np2_mb"] = peak_numpy_bytes(lambda: np_flash2_forward(q, k, v, is_causal=causal)) / MB
+    fast = {}                                   # timed interleaved, round by round
     if c_forward is not None:
         fb = {} if args.Br is None else dict(Br=args.Br, Bc=args.Bc)     # kernel defaults
         bb = {} if args.Br is None else dict(Br=args.Br, Bc=args.Bc)
-        r["c"] = measure_time(lambda _: c_forward(q, k, v, is_causal=causal, **fb), 2 * R, clock)
         o, L = c_forward(q, k, v, is_causal=causal, **fb)
-        r["c_bwd"] = measure_time(
-            lambda _: c_backward(q, k, v, None, o, L, do, is_causal=causal, **bb), 2 * R, clock)
+        fast["c"] = (lambda _: c_forward(q, k, v, is_causal=causal, **fb), None)
+        fast["c_bwd"] = (lambda _: c_backward(q, k, v, None, o, L, do, is_causal=causal, **bb),
+                         None)
         r["c_mb"] = peak_numpy_bytes(lambda: c_forward(q, k, v, is_causal=causal, **fb)) / MB
     if torch is not None:
         tq, tk, tv, tdo = (torch.from_numpy(a) for a in (q, k, v, do))
         sdpa = torch.nn.functional.scaled_dot_product_attention
-        with torch.no_grad():
-            r["torch"] = measure_time(lambda _: sdpa(tq, tk, tv, is_causal=causal), 2 * R, clock)
-        mem = torch_peak_rss_bytes(N, d, causal)
-        r["torch_mb"] = None if mem is None else mem / MB
+
+        def torch_fwd(_):
+            with torch.no_grad():
+                sdpa(tq, tk, tv, is_causal=causal)
 
         def setup():
             leaves = [t.detach().clone().requires_grad_() for t in (tq, tk, tv)]
             return sdpa(*leaves, is_causal=causal)
-        r["torch_bwd"] = measure_time(lambda y: y.backward(tdo), 2 * R, clock, setup)
+        fast["torch"] = (torch_fwd, None)
+        fast["torch_bwd"] = (lambda y: y.backward(tdo), setup)
+        mem = torch_peak_rss_bytes(N, d, causal)
+        r["torch_mb"] = None if mem is None else mem / MB
+    rounds = max(3, min(args.fast_repeats, args.fast_repeats * 4096 // N))   # fewer at large N
+    r.update(interleaved(fast, rounds, clock))
     return {key: (val * 1e3 if not key.endswith("_mb") and val is not None else val)
             for key, val in r.items()}
 
@@ -150,7 +169,10 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="N = 512 ... 2048 only")
     p.add_argument("--ns", default=None, help="comma-separated sequence lengths")
     p.add_argument("--d", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="runs of the NumPy implementations")
+    p.add_argument("--fast-repeats", type=int, default=10,
+                   help="interleaved rounds of the Cython and torch runs (N <= 4096; "
+                        "proportionally fewer, at least 3, above)")
     p.add_argument("--max-naive", type=int, default=8192, help="largest N for naive NumPy")
     p.add_argument("--max-numpy", type=int, default=16384, help="largest N for NumPy flash2")
     p.add_argument("--Br", type=int, default=None, help="Cython block rows (default: kernel's)")
@@ -162,7 +184,8 @@ def main(argv=None):
         ns = [int(n) for n in args.ns.split(",")]
     clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     print(f"attention, 1 head, d={args.d}, float32, 1 thread, {args.clock} time in ms "
-          f"(best of {args.repeats}; {2 * args.repeats} for Cython and torch); Cython blocks "
+          f"(best of {args.repeats} for NumPy, of {args.fast_repeats} interleaved rounds for "
+          f"Cython and torch); Cython blocks "
           f"{'Br=%s Bc=%s' % (args.Br, args.Bc) if args.Br else 'default (fwd 96x96, bwd 64x192)'}; "
           f"torch {'%s' % torch.__version__ if torch is not None else 'not installed'}")
     results = {}
