@@ -88,13 +88,15 @@ def _operands(M, K, N, layout, rng):
     return a, b
 
 
-def worker(threads, quick, pairs):
+def worker(threads, quick, pairs, kinds):
     import minitx_c
     minitx_c.set_num_threads(threads)
     rng = np.random.default_rng(0)
     rows = []
 
     def row(kind, label, flops, f_ref, f_new):
+        if kind not in kinds:
+            return
         g_ref, g_new, ratio, t_ref, t_new = _pairs(f_ref, f_new, flops, pairs)
         rows.append(dict(kind=kind, label=label, threads=threads, ref=g_ref, new=g_new,
                          ratio=ratio, t_ref=t_ref, t_new=t_new))
@@ -174,12 +176,14 @@ def main():
     p.add_argument("--quick", action="store_true")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--pairs", type=int, default=None, help="interleaved pairs per shape")
+    p.add_argument("--kinds", default=",".join(HEADERS),
+                   help="comma-separated tables to run: " + ",".join(HEADERS))
     p.add_argument("--keep-openblas-env", action="store_true")
     p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     pairs = args.pairs or (5 if args.quick else 9)
     if args.worker is not None:
-        print(json.dumps(dict(rows=worker(args.worker, args.quick, pairs),
+        print(json.dumps(dict(rows=worker(args.worker, args.quick, pairs, args.kinds.split(",")),
                               openblas=openblas_info())))
         return
     import minitx_c
@@ -192,7 +196,8 @@ def main():
             for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
                 if env.pop(var, None) is not None:
                     print(f"(unset {var} for the benchmark subprocess)")
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", str(n), "--pairs", str(pairs)]
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", str(n), "--pairs", str(pairs),
+               "--kinds", args.kinds]
         res = subprocess.run(cmd + (["--quick"] if args.quick else []), env=env, check=True,
                              capture_output=True, text=True)
         out = json.loads(res.stdout.strip().splitlines()[-1])
