@@ -58,12 +58,10 @@ def reference_sdpa(q, k, v, mask=None, is_causal=False, scale=None, window=None)
     elif mask is not None:
         s = s + mask
     s = np.where(keep, s, -np.inf)
-    out = np.zeros(q.shape[:-1] + (v.shape[-1],))
     rows = np.isfinite(s).any(axis=-1)                            # rows with something to see
     p = np.exp(s - np.where(rows, s.max(axis=-1), 0)[..., None])
     p = p / np.where(rows, p.sum(axis=-1), 1)[..., None]
-    out = p @ v
-    return out
+    return p @ v
 
 
 # ---------------------------------------------------------------- kernels vs naive, float64
