@@ -48,6 +48,7 @@ args, _ = parser.parse_known_args()
 QUICK = args.quick
 NS = [128, 256, 512, 1024] if QUICK else [256, 512, 1024, 2048, 4096]
 OUT = os.environ.get("MINITX_TUTORIAL_OUT") or tempfile.mkdtemp(prefix="minitx_02_")
+os.makedirs(OUT, exist_ok=True)
 rng = np.random.default_rng(0)
 try:
     import matplotlib
