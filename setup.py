@@ -17,6 +17,7 @@ import tempfile
 import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 
 def _compiler_accepts(flags):
@@ -65,4 +66,27 @@ def _extensions():
     return cythonize(exts, language_level=3, compiler_directives={"embedsignature": True})
 
 
-setup(ext_modules=_extensions())
+class build_ext_and_copy_inplace(build_ext):
+    """Build as usual, then also copy each built extension next to its .pyx in the source tree.
+
+    `python -m minitx ...` run from a checkout puts the checkout first on sys.path, so Python
+    imports the source `minitx_c/` rather than the installed one; with the compiled modules
+    copied there, both find the same kernels (as after `build_ext --inplace`).
+    """
+
+    def run(self):
+        super().run()
+        if self.inplace:
+            return
+        for ext in self.extensions:
+            built = self.get_ext_fullpath(ext.name)
+            if not os.path.exists(built):          # an optional extension that failed
+                continue
+            target = os.path.join(*ext.name.split(".")[:-1], os.path.basename(built))
+            try:
+                self.copy_file(built, target)
+            except OSError as e:                   # e.g. a read-only source tree
+                print(f"note: could not copy {built} into the source tree ({e})")
+
+
+setup(ext_modules=_extensions(), cmdclass={"build_ext": build_ext_and_copy_inplace})
