@@ -1,5 +1,7 @@
-"""Each tutorial runs headless in quick mode (tutorials that nothing runs rot)."""
+"""Each tutorial runs headless in quick mode (tutorials that nothing runs rot), and shows what
+it claims to show."""
 import os
+import re
 import subprocess
 import sys
 
@@ -27,3 +29,25 @@ def test_01_autograd_and_gpt(tmp_path):
     out = run_tutorial("01_autograd_and_gpt.py", tmp_path)
     assert "caught: gradient of input 0" in out
     assert "validation loss" in out
+
+
+def test_02_flash_attention(tmp_path):
+    out = run_tutorial("02_flash_attention.py", tmp_path)
+    for name in ("flash1", "flash2"):                          # FA-1/FA-2 equal naive in float64
+        m = re.search(rf"max \|{name} - naive\| = ([0-9.e+-]+)", out)
+        assert m and float(m.group(1)) < 1e-10, out
+    assert "online softmax" in out
+    assert "naive memory grows x" in out
+    if "skipping the Cython kernel" not in out:
+        assert "rule: cython <= 2 x naive: met" in out, out
+    assert re.search(r"16384 \|\s+1\.078e\+09", out), "IO table missing the naive count"
+
+
+def test_04_quantization(tmp_path):
+    out = run_tutorial("04_quantization.py", tmp_path)
+    for title in ("Weight MSE / variance", "PTQ: validation loss", "PTQ vs QAT",
+                  "PB-LLM salient-fraction sweep", "Mixed precision", "Compensation"):
+        assert title in out, f"missing table {title!r}"
+    assert "NF4 beats int4 on Gaussian weights, block 64" in out and "-> met" in out
+    w8 = [line for line in out.splitlines() if line.startswith("Target: W8 per-channel")]
+    assert w8 and w8[0].endswith("-> met"), w8

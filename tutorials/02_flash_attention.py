@@ -26,7 +26,10 @@ import tempfile
 import time
 import tracemalloc
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+try:
+    import minitx  # noqa: F401  (an installed minitx, with its compiled kernels)
+except ImportError:  # a source checkout: use it directly
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):   # one thread: like-for-like timings
     os.environ.setdefault(_var, "1")
 
