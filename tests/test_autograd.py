@@ -255,3 +255,27 @@ def test_backward_with_wrong_gradient_shape_is_reported():
     x = Tensor(np.ones((2, 3)), requires_grad=True)
     with pytest.raises(RuntimeError, match=r"shape \(3,\) for an input of shape \(2, 3\)"):
         _BadShape.apply(x).sum().backward()
+
+
+@st.composite
+def array_dim_index(draw):
+    x = draw(arrays(min_dims=1))
+    dim = draw(st.integers(-x.ndim, x.ndim - 1))
+    n = x.shape[dim]
+    index_shape = list(x.shape)
+    index_shape[dim] = draw(st.integers(1, 4))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    return x, dim, rng.integers(0, n, size=index_shape), rng
+
+
+@given(case=array_dim_index())
+def test_gather_cat_split_index_gradients_over_dims(case):
+    x, dim, index, rng = case
+    gradcheck(lambda t: t.gather(dim, index), [x], **TOL)
+    other = rng.standard_normal(x.shape)
+    gradcheck(lambda a, b: minitx.cat([a, b], dim=dim), [x, other], **TOL)
+    n = x.shape[dim]
+    sizes = [n // 2, n - n // 2] if n > 1 else [1]
+    gradcheck(lambda t: minitx.split(t, sizes, dim=dim)[-1] * 3.0, [x], **TOL)
+    picks = rng.integers(0, x.shape[0], size=3)                 # advanced, with repeats
+    gradcheck(lambda t: t[picks], [x], **TOL)
