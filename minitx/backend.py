@@ -118,13 +118,13 @@ _init()
 def matmul(a, b):
     """The matrix product autograd uses for forward and backward: `np.matmul` semantics.
 
-    On the "c" backend, float32 x float32 goes to `minitx_c.matmul` (the BLIS-style GEMM of
-    `minitx_c/gemm.pyx`); everything else, and the "numpy" backend, to `np.matmul`.
-    `python benchmarks/gemm.py` measures the products of a GPT training step on both: the
-    Cython kernel is at parity with OpenBLAS on them (within the run-to-run noise of a shared
-    machine) and has less call overhead on small ones, and sending every float32 product to
-    one library keeps a single thread pool busy instead of OpenBLAS's and OpenMP's competing
-    for the cores.
+    On the "c" backend with one OpenMP thread (`minitx_c.set_num_threads(1)` or
+    OMP_NUM_THREADS=1), float32 x float32 goes to `minitx_c.matmul`, the BLIS-style GEMM of
+    `minitx_c/gemm.pyx`: on the products of a GPT training step it is at parity with
+    single-threaded OpenBLAS and has less call overhead on small ones (benchmarks/gemm.py;
+    a default-GPT training step measured 1.01-1.08x). With more threads a training step was
+    measured 8-20% slower on it than on multi-threaded OpenBLAS, so there, as for other dtypes
+    and on the "numpy" backend, the product goes to `np.matmul`.
 
     Args:
         a: (..., M, K) or (K,); b: (..., K, N) or (K,).
@@ -132,6 +132,7 @@ def matmul(a, b):
         (..., M, N) array, like np.matmul(a, b).
     """
     if (_active == "c" and type(a) is np.ndarray and type(b) is np.ndarray
-            and a.dtype == np.float32 and b.dtype == np.float32 and a.ndim and b.ndim):
+            and a.dtype == np.float32 and b.dtype == np.float32 and a.ndim and b.ndim
+            and _C.get_num_threads() == 1):
         return _C.matmul(a, b)
     return np.matmul(a, b)

@@ -14,7 +14,17 @@ LOSS_RTOL = {np.float32: 1e-4}
 
 
 @pytest.fixture
-def spy(monkeypatch):
+def one_thread():
+    """backend.matmul routes to minitx_c only with one OpenMP thread (see its docstring)."""
+    import minitx_c
+    before = minitx_c.get_num_threads()
+    minitx_c.set_num_threads(1)
+    yield
+    minitx_c.set_num_threads(before)
+
+
+@pytest.fixture
+def spy(monkeypatch, one_thread):
     """Count the calls that reach minitx_c.matmul."""
     import minitx_c
     calls = []
@@ -38,12 +48,17 @@ def test_forward_and_both_backward_products_use_minitx_c(spy):
                                rtol=1e-5)
 
 
-def test_numpy_backend_and_float64_stay_on_np_matmul(spy):
+def test_numpy_backend_float64_and_threads_stay_on_np_matmul(spy):
+    import minitx_c
     x32 = np.ones((4, 4), np.float32)
     with backend.using("numpy"):
         backend.matmul(x32, x32)
     with backend.using("c"):
         out = backend.matmul(x32.astype(np.float64), x32.astype(np.float64))
+        if minitx_c.have_openmp():
+            minitx_c.set_num_threads(2)
+            backend.matmul(x32, x32)                 # multi-threaded: OpenBLAS
+            minitx_c.set_num_threads(1)
     assert spy == [] and out.dtype == np.float64
 
 
