@@ -12,7 +12,10 @@ them); the OpenBLAS kernel in use is printed when threadpoolctl is installed.
 
 Timing: for every shape, `--pairs` interleaved pairs (NumPy call, then minitx call), each side
 the best of a few back-to-back calls; the ratio column is the median of the per-pair ratios
-and GFLOP/s are medians too. Other processes share the machine, so expect a few % of noise;
+and GFLOP/s are medians too. With 2 threads each side is preceded by a 0.2 s pause: a
+library's worker threads spin for a while after a call, and would otherwise take a core from
+the other library's next call (this is also why mixing OpenBLAS and OpenMP threads in one
+program costs speed). Other processes share the machine, so expect a few % of noise;
 rerun and compare medians.
 """
 import argparse
@@ -37,14 +40,21 @@ def _best_time(fn, inner):
     return best
 
 
-def _pairs(f_ref, f_new, flops, pairs):
-    """Median GFLOP/s of both and median ratio new/ref over interleaved pairs."""
+def _pairs(f_ref, f_new, flops, pairs, settle=0.0):
+    """Median GFLOP/s of both and median ratio new/ref over interleaved pairs.
+
+    settle: seconds to sleep before each side's timing. With several threads, OpenBLAS's
+    workers (and OpenMP's) keep spinning on a core for a while after a call; without a pause
+    the other library's next call would find one core taken.
+    """
     t = _best_time(f_ref, 1)                       # warm-up and calibration
     _best_time(f_new, 1)
     inner = int(min(50, max(1, 0.05 / max(t, 1e-7))))
     ref, new = [], []
     for _ in range(pairs):
+        time.sleep(settle)
         ref.append(_best_time(f_ref, inner))
+        time.sleep(settle)
         new.append(_best_time(f_new, inner))
     ref, new = np.array(ref), np.array(new)
     return (flops / np.median(ref) / 1e9, flops / np.median(new) / 1e9,
@@ -97,7 +107,8 @@ def worker(threads, quick, pairs, kinds):
     def row(kind, label, flops, f_ref, f_new):
         if kind not in kinds:
             return
-        g_ref, g_new, ratio, t_ref, t_new = _pairs(f_ref, f_new, flops, pairs)
+        g_ref, g_new, ratio, t_ref, t_new = _pairs(f_ref, f_new, flops, pairs,
+                                                   settle=0.2 if threads > 1 else 0.0)
         rows.append(dict(kind=kind, label=label, threads=threads, ref=g_ref, new=g_new,
                          ratio=ratio, t_ref=t_ref, t_new=t_new))
 
