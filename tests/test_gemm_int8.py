@@ -123,6 +123,9 @@ def test_int_kernels_errors(bk):
         mm(a8, a8)
     with pytest.raises(ValueError, match="2 dims"):
         mm(np.ones(4, np.int8), a8.T)
+    big = np.zeros((1, 131072), np.int8)
+    with pytest.raises(ValueError, match="overflow"):
+        mm(big, big.T)
     w8, w4 = kernel(bk, "linear_w8"), kernel(bk, "linear_w4")
     x = np.ones((2, 8), np.float32)
     q = np.ones((3, 8), np.int8)

@@ -28,6 +28,8 @@ for per-group int4 scales.
 """
 import numpy as np
 
+K_MAX = 131071                 # largest K for which K * 128 * 128 fits in int32
+
 
 def _check_qlinear(x, w, scales, group_size, bias, K):
     """Validate the arguments of the weight-only kernels. Returns (N, n_groups, group_size)."""
@@ -64,8 +66,8 @@ def matmul_int8(a, b):
         a: (..., M, K) int8.
         b: (..., K, N) int8.
     Returns:
-        (..., M, N) int32, exactly a @ b computed in integers (exact while K < 2**31 / 128**2,
-        i.e. K <= 131072).
+        (..., M, N) int32, exactly a @ b computed in integers. K <= 131071 so that no sum can
+        overflow int32 (|sum| <= K * 128 * 128); larger K raises ValueError.
     """
     for name, t in (("a", a), ("b", b)):
         if not isinstance(t, np.ndarray) or t.dtype != np.int8:
@@ -75,6 +77,8 @@ def matmul_int8(a, b):
             raise ValueError(f"{name} must have at least 2 dims, got shape {t.shape}")
     if a.shape[-1] != b.shape[-2]:
         raise ValueError(f"matmul_int8: inner dims differ: a {a.shape} @ b {b.shape}")
+    if a.shape[-1] > K_MAX:
+        raise ValueError(f"matmul_int8: K={a.shape[-1]} could overflow int32 (max {K_MAX})")
     return np.matmul(a.astype(np.int32), b.astype(np.int32))   # (..., M, N) int32
 
 
