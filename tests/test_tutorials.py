@@ -45,6 +45,12 @@ def test_02_flash_attention(tmp_path):
         assert (tmp_path / "02_flash_attention.png").stat().st_size > 0
 
 
+def test_03_gemm(tmp_path):
+    out = run_tutorial("03_gemm.py", tmp_path)
+    for step in ("1 triple loop", "4 BLIS loop nest", "OpenBLAS np.matmul", "memory bandwidth"):
+        assert step in out, f"missing {step!r} in:\n{out[-2000:]}"
+
+
 def test_04_quantization(tmp_path):
     out = run_tutorial("04_quantization.py", tmp_path)
     for title in ("Weight MSE / variance", "PTQ: validation loss", "PTQ vs QAT",
