@@ -11,7 +11,6 @@ import os
 import sys
 import time
 
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from quant_minilm import SENTENCES  # noqa: E402

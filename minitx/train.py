@@ -9,7 +9,6 @@ never moves the training stream.
 """
 import dataclasses
 import math
-import os
 import time
 
 import numpy as np

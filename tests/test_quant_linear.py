@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import minitx
-from minitx import backend
 from minitx.models.gpt import GPT, get_config
 from minitx.nn.modules import Linear
 from minitx.quant.cli import add_quantize_parser, quantize_checkpoint

@@ -205,7 +205,7 @@ print(f"\nclock {ghz:.2f} GHz (as reported; turbo may run faster, so % of peak c
       f"{peak_core * cores:.0f} on {cores} cores; memory bandwidth ~{bw:.1f} GB/s "
       f"(ridge point {peak_core * cores / bw:.1f} flop/byte)")
 
-print(f"\n| step | n | GFLOP/s | % of 1-core peak | bar |\n|---|---|---|---|---|")
+print("\n| step | n | GFLOP/s | % of 1-core peak | bar |\n|---|---|---|---|---|")
 top = max(g for _, _, g in results)
 for step, n, g in results:
     bar = "#" * max(1, int(40 * np.log10(1 + g * 1e3) / np.log10(1 + top * 1e3)))

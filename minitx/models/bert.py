@@ -21,7 +21,6 @@ model's geometry survives when its Linear weights are quantized.
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, fields
 

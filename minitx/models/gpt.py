@@ -18,7 +18,6 @@ from minitx import random as _random
 from minitx.autograd import Function, Tensor, no_grad
 from minitx.nn import functional as F
 from minitx.nn.modules import Embedding, LayerNorm, Linear, Module, ModuleList, RMSNorm
-from minitx.ops import cat
 
 
 @dataclasses.dataclass

@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from minitx import backend
-from minitx.autograd import Function, Tensor, _as_array
+from minitx.autograd import Function, _as_array
 from minitx import random as _random
 
 

@@ -29,7 +29,7 @@ class BinaryQuantized(QuantizedTensor):
     kind = "binary"
 
     def dequantize(self):
-        R, C = self.meta["rows"], self.meta["cols"]
+        C = self.meta["cols"]
         sign = unpack_bits(self.arrays["signs"], C, 1).astype(np.float32) * 2 - 1   # (R, C)
         mu = self.arrays["mean"][:, None] if "mean" in self.arrays else 0.0
         W = self.arrays["alpha"][:, None] * sign + mu

@@ -16,7 +16,7 @@ import numpy as np
 
 from minitx.autograd import Function
 from minitx.nn import functional as F
-from minitx.nn.modules import Linear, Module, Parameter
+from minitx.nn.modules import Module, Parameter
 from minitx.quant.integer import IntQuantized, qrange, scale_zero
 from minitx.quant.linear import QuantLinear, linear_layers, replace_module
 from minitx.quant.packing import pack
