@@ -461,9 +461,9 @@ def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None,
     cdef int nthreads = max(1, mtx_get_max_threads())
     scratch = np.empty(nthreads * _fwd_scratch(&s), dtype=q.dtype)   # per-thread tiles
     if q.dtype == np.float32:
-        _fwd_f32(&s, q, k, v, bias, KT, Vp, scratch, nthreads, o, L)
+        _fwd_entry[float](&s, q, k, v, bias, KT, Vp, scratch, nthreads, o, L)
     else:
-        _fwd_f64(&s, q, k, v, bias, KT, Vp, scratch, nthreads, o, L)
+        _fwd_entry[double](&s, q, k, v, bias, KT, Vp, scratch, nthreads, o, L)
     return o, L
 
 
@@ -494,20 +494,21 @@ def flash2_backward(q, k, v, bias, o, L, do, scale=None, is_causal=False, window
     cdef int nthreads = max(1, min(mtx_get_max_threads(), s.B * s.Hkv))
     scratch = np.empty(nthreads * _bwd_scratch(&s), dtype=q.dtype)   # per-thread panels
     if q.dtype == np.float32:
-        _bwd_f32(&s, q, k, v, bias, o, L, do, scratch, nthreads, dq, dk, dv)
+        _bwd_entry[float](&s, q, k, v, bias, o, L, do, scratch, nthreads, dq, dk, dv)
     else:
-        _bwd_f64(&s, q, k, v, bias, o, L, do, scratch, nthreads, dq, dk, dv)
+        _bwd_entry[double](&s, q, k, v, bias, o, L, do, scratch, nthreads, dq, dk, dv)
     return dq, dk, dv
 
 
 # Typed entry points: take memoryviews, release the GIL, call the fused kernels.
+# One definition per direction, specialised for float and double by `real`.
 
-cdef void _fwd_f32(const Shape *s, const float[:, :, :, ::1] q, const float[:, :, :, ::1] k,
-                   const float[:, :, :, ::1] v, bias, float[::1] KT, float[::1] Vp,
-                   float[::1] scratch, int nthreads, float[:, :, :, ::1] o,
-                   float[:, :, ::1] L) except *:
-    cdef const float[:, :, :, ::1] b4
-    cdef const float *bp = NULL
+cdef void _fwd_entry(const Shape *s, const real[:, :, :, ::1] q, const real[:, :, :, ::1] k,
+                     const real[:, :, :, ::1] v, bias, real[::1] KT, real[::1] Vp,
+                     real[::1] scratch, int nthreads, real[:, :, :, ::1] o,
+                     real[:, :, ::1] L) except *:
+    cdef const real[:, :, :, ::1] b4
+    cdef const real *bp = NULL
     if bias is not None:
         b4 = bias
         bp = &b4[0, 0, 0, 0]
@@ -516,43 +517,13 @@ cdef void _fwd_f32(const Shape *s, const float[:, :, :, ::1] q, const float[:, :
              nthreads, &o[0, 0, 0, 0], &L[0, 0, 0])
 
 
-cdef void _fwd_f64(const Shape *s, const double[:, :, :, ::1] q, const double[:, :, :, ::1] k,
-                   const double[:, :, :, ::1] v, bias, double[::1] KT, double[::1] Vp,
-                   double[::1] scratch, int nthreads, double[:, :, :, ::1] o,
-                   double[:, :, ::1] L) except *:
-    cdef const double[:, :, :, ::1] b4
-    cdef const double *bp = NULL
-    if bias is not None:
-        b4 = bias
-        bp = &b4[0, 0, 0, 0]
-    with nogil:
-        _fwd(s, &q[0, 0, 0, 0], &k[0, 0, 0, 0], &v[0, 0, 0, 0], bp, &KT[0], &Vp[0], &scratch[0],
-             nthreads, &o[0, 0, 0, 0], &L[0, 0, 0])
-
-
-cdef void _bwd_f32(const Shape *s, const float[:, :, :, ::1] q, const float[:, :, :, ::1] k,
-                   const float[:, :, :, ::1] v, bias, const float[:, :, :, ::1] o,
-                   const float[:, :, ::1] L, const float[:, :, :, ::1] do, float[::1] scratch,
-                   int nthreads, float[:, :, :, ::1] dq, float[:, :, :, ::1] dk,
-                   float[:, :, :, ::1] dv) except *:
-    cdef const float[:, :, :, ::1] b4
-    cdef const float *bp = NULL
-    if bias is not None:
-        b4 = bias
-        bp = &b4[0, 0, 0, 0]
-    with nogil:
-        _bwd(s, &q[0, 0, 0, 0], &k[0, 0, 0, 0], &v[0, 0, 0, 0], bp, &o[0, 0, 0, 0],
-             &L[0, 0, 0], &do[0, 0, 0, 0], &scratch[0], nthreads, &dq[0, 0, 0, 0],
-             &dk[0, 0, 0, 0], &dv[0, 0, 0, 0])
-
-
-cdef void _bwd_f64(const Shape *s, const double[:, :, :, ::1] q, const double[:, :, :, ::1] k,
-                   const double[:, :, :, ::1] v, bias, const double[:, :, :, ::1] o,
-                   const double[:, :, ::1] L, const double[:, :, :, ::1] do, double[::1] scratch,
-                   int nthreads, double[:, :, :, ::1] dq, double[:, :, :, ::1] dk,
-                   double[:, :, :, ::1] dv) except *:
-    cdef const double[:, :, :, ::1] b4
-    cdef const double *bp = NULL
+cdef void _bwd_entry(const Shape *s, const real[:, :, :, ::1] q, const real[:, :, :, ::1] k,
+                     const real[:, :, :, ::1] v, bias, const real[:, :, :, ::1] o,
+                     const real[:, :, ::1] L, const real[:, :, :, ::1] do, real[::1] scratch,
+                     int nthreads, real[:, :, :, ::1] dq, real[:, :, :, ::1] dk,
+                     real[:, :, :, ::1] dv) except *:
+    cdef const real[:, :, :, ::1] b4
+    cdef const real *bp = NULL
     if bias is not None:
         b4 = bias
         bp = &b4[0, 0, 0, 0]
