@@ -367,70 +367,21 @@ cdef void _bwd(const Shape *s, const real *q, const real *k, const real *v, cons
 
 # ------------------------------------------------------------------ Python entry points
 
-def _check_array(name, a, ndim, dtype=None):
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
-    if a.dtype != np.float32 and a.dtype != np.float64:
-        raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
-    if dtype is not None and a.dtype != dtype:
-        raise TypeError(f"{name} has dtype {a.dtype} but q has dtype {dtype}")
-    if a.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dims, got shape {a.shape}")
-
-
-def _window(is_causal, window):
-    """Twin of masks.resolve_window."""
-    if window is None:
-        left, right = -1, -1
-    else:
-        if not isinstance(window, (tuple, list)) or len(window) != 2:
-            raise ValueError(f"window must be None or a pair (left, right), got {window!r}")
-        left, right = (-1 if w is None else w for w in window)
-        for name, w in (("left", left), ("right", right)):
-            if isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < -1:
-                raise ValueError(f"window {name} must be an int >= 0 or -1/None (unbounded), "
-                                 f"got {w!r}")
-        left, right = int(left), int(right)
-    if is_causal:
-        right = 0 if right < 0 else min(right, 0)
-    return left, right
-
-
 cdef Shape _shape(q, k, v, bias, scale, is_causal, window, Br, Bc) except *:
-    """Validate the inputs (twin of checks.check_qkv) and fill a Shape."""
+    """Validate the inputs with the NumPy reference's own checks, then fill a Shape.
+
+    The rules and messages live once, in minitx.attention.checks and .masks (imported here, at
+    call time, because minitx imports minitx_c while it initialises)."""
     cdef Shape s
-    _check_array("q", q, 4)
-    _check_array("k", k, 4, q.dtype)
-    _check_array("v", v, 4, q.dtype)
-    if k.shape != v.shape:
-        raise ValueError(f"k and v must have the same shape, got {k.shape} and {v.shape}")
-    if k.shape[0] != q.shape[0] or k.shape[3] != q.shape[3]:
-        raise ValueError(f"k must be (B={q.shape[0]}, Hkv, Nk, d={q.shape[3]}), got {k.shape}")
-    s.B, s.Hq, s.Nq, s.d = q.shape
-    s.Hkv, s.Nk = k.shape[1], k.shape[2]
-    if min(s.B, s.Hq, s.Nq, s.d, s.Hkv, s.Nk) < 1:
-        raise ValueError(f"empty attention input: q {q.shape}, k {k.shape}")
-    if s.Hq % s.Hkv != 0:
-        raise ValueError(f"query heads ({s.Hq}) must be a multiple of key/value heads ({s.Hkv})")
-    s.G = s.Hq // s.Hkv
-    s.Bb = s.Hb = 1
-    if bias is not None:
-        _check_array("bias", bias, 4, q.dtype)
-        if (bias.shape[0] not in (1, s.B) or bias.shape[1] not in (1, s.Hq)
-                or bias.shape[2:] != (s.Nq, s.Nk)):
-            raise ValueError(f"bias must be (1 or {s.B}, 1 or {s.Hq}, {s.Nq}, {s.Nk}), "
-                             f"got {bias.shape}")
-        s.Bb, s.Hb = bias.shape[0], bias.shape[1]
-    if scale is None:
-        scale = 1.0 / np.sqrt(s.d)
-    scale = float(scale)
-    if not np.isfinite(scale) or scale <= 0:
-        raise ValueError(f"scale must be a positive finite float, got {scale}")
-    s.scale = scale
+    from minitx.attention.checks import check_qkv
+    from minitx.attention.masks import resolve_window
     for name, blk in (("Br", Br), ("Bc", Bc)):
-        if isinstance(blk, bool) or not isinstance(blk, (int, np.integer)) or blk < 1:
-            raise ValueError(f"block size {name} must be an int >= 1, got {blk!r}")
-    s.left, s.right = _window(is_causal, window)
+        if blk is None:                 # check_qkv lets None through (the NumPy default)
+            raise ValueError(f"block size {name} must be an int >= 1, got None")
+    s.B, s.Hq, s.Hkv, s.Nq, s.Nk, s.d, s.scale = check_qkv(q, k, v, bias, scale, Br, Bc)
+    s.G = s.Hq // s.Hkv
+    s.Bb, s.Hb = (1, 1) if bias is None else bias.shape[:2]
+    s.left, s.right = resolve_window(is_causal, window)
     s.Br, s.Bc = min(Br, s.Nq), min(Bc, s.Nk)         # a block never needs to exceed N
     s.Brp, s.Bcp, s.dp = _round16(s.Br), _round16(s.Bc), _round16(s.d)
     s.Tr, s.Tc = (s.Nq + s.Br - 1) // s.Br, (s.Nk + s.Bc - 1) // s.Bc
@@ -479,9 +430,10 @@ def flash2_backward(q, k, v, bias, o, L, do, scale=None, is_causal=False, window
         dq (B, Hq, Nq, d), dk (B, Hkv, Nk, d), dv (B, Hkv, Nk, d).
     """
     cdef Shape s = _shape(q, k, v, bias, scale, is_causal, window, Br, Bc)
-    _check_array("o", o, 4, q.dtype)
-    _check_array("do", do, 4, q.dtype)
-    _check_array("L", L, 3, q.dtype)
+    from minitx.attention.checks import check_array
+    check_array("o", o, 4, q.dtype)
+    check_array("do", do, 4, q.dtype)
+    check_array("L", L, 3, q.dtype)
     if o.shape != q.shape or do.shape != q.shape or L.shape != q.shape[:3]:
         raise ValueError(f"o {o.shape} and do {do.shape} must be {q.shape}, L {L.shape} must be "
                          f"{q.shape[:3]}")
