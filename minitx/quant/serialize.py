@@ -8,7 +8,8 @@ A quantized checkpoint is a directory like the float one written by `minitx.chec
   model.safetensors  float tensors under their state_dict names (embeddings, norms, biases) and,
                      for each quantized layer, its stored arrays as "<layer>.qweight.<array>"
                      (uint8/int8 packed codes, float32 scales): the file is really smaller.
-Other files of the source directory (e.g. tokenizer files) are copied alongside.
+Other files of the source directory (e.g. tokenizer files) are copied alongside; its training
+state (train_state.safetensors) is not: a quantized checkpoint is weights only.
 """
 import dataclasses
 import json
@@ -86,9 +87,17 @@ def save_quantized_model(model, out_dir, options=None, source_dir=None):
     if source_dir:
         for fname in os.listdir(source_dir):
             src = os.path.join(source_dir, fname)
-            if fname not in ("config.json", "model.safetensors") and os.path.isfile(src):
+            if _carried_over(fname) and os.path.isfile(src):
                 shutil.copy2(src, os.path.join(out_dir, fname))
     return os.path.getsize(path)
+
+
+def _carried_over(fname):
+    """Whether a file of the float checkpoint belongs in the quantized one: not the weights or
+    config (rewritten), not training state (train_state.safetensors holds the optimizer moments,
+    twice the weights' size: a quantized checkpoint holds weights only, for inference), nor any
+    other tensor file or temporary file."""
+    return not (fname.endswith(".safetensors") or fname == "config.json" or fname.startswith("."))
 
 
 def load_quantized_model(ckpt_dir):
