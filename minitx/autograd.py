@@ -249,7 +249,10 @@ class Tensor:
 
     def _operands(self, other, true_divide=False):
         """(self, other) as Tensors of their promoted dtype (minitx.promotion: PyTorch's rules)."""
-        dt = promotion.result_type([_kind(self), _kind(other)])
+        dt = self.data.dtype
+        same = isinstance(other, Tensor) and other.data.dtype == dt    # fast paths: most calls
+        if not (same or (isinstance(other, (float, int)) and dt.kind == "f")):
+            dt = promotion.result_type([_kind(self), _kind(other)])
         if true_divide and promotion.category(dt) != promotion.FLOATING:
             dt = promotion.DEFAULT[promotion.FLOATING]          # int / int is float32, as torch
         return _cast(self, dt), _cast(other, dt)

@@ -98,10 +98,9 @@ class Pow(Function):
     def backward(ctx, g):
         (a,) = ctx.saved_tensors
         p = ctx.p
-        if not p.any():
-            return np.zeros_like(g)
         with np.errstate(divide="ignore", invalid="ignore"):
-            return g * p * a ** (p - 1)
+            d = np.where(p == 0, 0, p * a ** (p - 1))
+        return unbroadcast((g * d).astype(g.dtype, copy=False), a.shape)
 
 
 class PowTensor(Function):

@@ -21,16 +21,15 @@ BOOL, INTEGER, FLOATING = 0, 1, 2
 DEFAULT = {BOOL: np.dtype(bool), INTEGER: np.dtype(np.int64), FLOATING: np.dtype(np.float32)}
 
 
+_KINDS = {"b": BOOL, "i": INTEGER, "u": INTEGER, "f": FLOATING}
+
+
 def category(dtype):
     """0 for bool, 1 for (unsigned) integers, 2 for floating point dtypes."""
     dtype = np.dtype(dtype)
-    if dtype == np.bool_:
-        return BOOL
-    if np.issubdtype(dtype, np.integer):
-        return INTEGER
-    if np.issubdtype(dtype, np.floating):
-        return FLOATING
-    raise TypeError(f"minitx tensors hold bool, integer or floating values, not {dtype}")
+    if dtype.kind not in _KINDS:
+        raise TypeError(f"minitx tensors hold bool, integer or floating values, not {dtype}")
+    return _KINDS[dtype.kind]
 
 
 def promote_types(a, b):

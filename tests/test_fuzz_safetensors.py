@@ -214,3 +214,18 @@ def test_harness_reports_each_failure_kind(tmp_path, load_fn, expect):
     failures = run_batch(load_fn, [Mutation("any", _valid_file(tmp_path))], SafetensorsError,
                          budget=256 * 1024 * 1024, timeout=1)
     assert len(failures) == 1 and expect in failures[0], failures
+
+
+# ---------------------------------------------------------------- the CLI: one error line, exit 2
+@pytest.mark.parametrize("case", ["1e999 shape", "deep nesting", "metadata a list", "hole at the start"])
+def test_cli_reports_a_corrupted_checkpoint_in_one_line(tmp_path, capsys, case):
+    from minitx.checkpoint import save_checkpoint
+    from minitx.cli import main
+    from minitx.models.gpt import GPT, get_config
+    ckpt = tmp_path / "ckpt"
+    save_checkpoint(str(ckpt), GPT(get_config("tiny", vocab_size=16)), step=1)
+    (ckpt / "model.safetensors").write_bytes(_file(CORRUPT[case]))
+    code = main(["quantize", "--ckpt", str(ckpt), "--out", str(tmp_path / "q")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error:"), err
+    assert "model.safetensors" in err[0]

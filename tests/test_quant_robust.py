@@ -130,3 +130,39 @@ def test_quantize_model_names_the_layer():
     model.blocks[1].mlp.fc.weight.data[0, 0] = 1e39
     with pytest.raises(ValueError, match=r"blocks\.1\.mlp\.fc: weights must be finite \(no NaN"):
         quantize_model(model, "int8")
+
+
+# ---------------------------------------------------------------- the quantized loader, fuzzed
+def _quantized_loader(config_path):
+    """load_fn for the fuzz harness: the corrupted file becomes the checkpoint's weights."""
+    import shutil
+    import tempfile
+    from minitx.quant.serialize import load_quantized_model
+
+    def load(path):
+        with tempfile.TemporaryDirectory() as d:
+            shutil.copy(config_path, os.path.join(d, "config.json"))
+            shutil.copy(path, os.path.join(d, "model.safetensors"))
+            model = load_quantized_model(d)
+        out = model.state_dict()
+        for name, m in model.named_modules():
+            if hasattr(m, "qweight"):
+                out[name] = m.qweight.dequantize()
+        return out
+    return load
+
+
+def test_fuzz_quantized_checkpoint_loader(tmp_path):
+    """The harness of tests/fuzzing.py on a second format: corrupted model.safetensors of a
+    quantized checkpoint loads cleanly or raises SafetensorsError / QuantCheckpointError."""
+    from fuzzing import fuzz_loader
+    from minitx.quant.serialize import QuantCheckpointError, save_quantized_model
+    from minitx.safetensors import SafetensorsError
+    minitx.random.manual_seed(0)
+    model = GPT(get_config("tiny", vocab_size=16, n_embd=16, n_layer=1, n_head=2,
+                           block_size=8)).eval()
+    quantize_model(model, "int4", block_size=8)
+    save_quantized_model(model, str(tmp_path), options={"scheme": "int4"})
+    valid = (tmp_path / "model.safetensors").read_bytes()
+    fuzz_loader(_quantized_loader(str(tmp_path / "config.json")), valid,
+                (SafetensorsError, QuantCheckpointError), cases=20)

@@ -20,7 +20,7 @@ import numpy as np
 
 from minitx.quant.linear import QuantLinear, replace_module
 from minitx.quant.qtensor import QuantizedTensor
-from minitx.safetensors import load_file, save_file
+from minitx.safetensors import check_finite, load_file, read_header, save_file
 
 FORMAT = "minitx-gpt-quant"
 FLOAT_FORMAT = "minitx-gpt"
@@ -100,27 +100,86 @@ def _carried_over(fname):
     return not (fname.endswith(".safetensors") or fname == "config.json" or fname.startswith("."))
 
 
+class QuantCheckpointError(ValueError):
+    """A quantized checkpoint is corrupted or does not fit its config."""
+
+
 def load_quantized_model(ckpt_dir):
     """Load a "minitx-gpt-quant" checkpoint into a GPT with QuantLinear layers (eval mode).
+
+    Everything is checked before use: the safetensors file (SafetensorsError), its float tensors
+    finite, the config's sizes against the tensors' header before the model is built (a corrupted
+    n_embd must not allocate gigabytes), each quantized layer dequantizing to its declared shape
+    with finite values. Any other problem raises QuantCheckpointError naming the directory.
 
     Returns:
         GPT.
     """
+    config = _read_config(ckpt_dir)
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        got = config.get("format") if isinstance(config, dict) else config
+        raise ValueError(f"{ckpt_dir!r} has format {got!r}, expected {FORMAT!r}")
+    try:
+        return _load_quantized(ckpt_dir, config)
+    except (KeyError, TypeError, IndexError, AttributeError) as e:
+        raise QuantCheckpointError(f"{ckpt_dir!r}: corrupted quantized checkpoint "
+                                   f"({type(e).__name__}: {e})") from None
+
+
+def _load_quantized(ckpt_dir, config):
     from minitx.models.gpt import GPT, GPTConfig
 
-    config = _read_config(ckpt_dir)
-    if config.get("format") != FORMAT:
-        raise ValueError(f"{ckpt_dir!r} has format {config.get('format')!r}, expected {FORMAT!r}")
-    tensors = load_file(os.path.join(ckpt_dir, "model.safetensors"))
-    model = GPT(GPTConfig(**config["model"]))
+    path = os.path.join(ckpt_dir, "model.safetensors")
+    header, _, _ = read_header(path)
+    cfg = GPTConfig(**config["model"])
+    _check_sizes(ckpt_dir, header, cfg)
+    tensors = check_finite(load_file(path), path)
+    model = GPT(cfg)
     for name, meta in config["quantization"]["layers"].items():
         prefix = f"{name}{QSEP}"
         arrays = {k[len(prefix):]: tensors.pop(k) for k in list(tensors) if k.startswith(prefix)}
         if not arrays:
-            raise ValueError(f"{ckpt_dir!r}: no stored arrays for quantized layer {name!r}")
-        layer = QuantLinear(QuantizedTensor.from_state(arrays, meta),
-                            bias=np.zeros(meta["shape"][0], np.float32)
+            raise QuantCheckpointError(f"{ckpt_dir!r}: no stored arrays for quantized layer "
+                                       f"{name!r}")
+        qweight = _checked_qtensor(ckpt_dir, name, arrays, meta)
+        layer = QuantLinear(qweight, bias=np.zeros(qweight.shape[0], np.float32)
                             if f"{name}.bias" in tensors else None)
         replace_module(model, name, layer)
-    model.load_state_dict(tensors, strict=True)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except (KeyError, ValueError) as e:
+        raise QuantCheckpointError(f"{path} does not fit its config: {e}") from None
     return model.eval()
+
+
+def _check_sizes(ckpt_dir, header, cfg):
+    """The config's sizes against the float tensors' shapes in the header (no allocation)."""
+    expect = {"wte.weight": [cfg.vocab_size, cfg.n_embd]}
+    if "wpe.weight" in header:
+        expect["wpe.weight"] = [cfg.block_size, cfg.n_embd]
+    for name, shape in expect.items():
+        if name not in header or header[name]["shape"] != shape:
+            raise QuantCheckpointError(
+                f"{ckpt_dir!r}: config.json expects {name} of shape {shape}, model.safetensors "
+                f"holds {header[name]['shape'] if name in header else 'none'}")
+    blocks = {int(k.split(".")[1]) for k in header if k.startswith("blocks.")
+              and k.split(".")[1].isdigit()}
+    if blocks != set(range(cfg.n_layer)):
+        raise QuantCheckpointError(f"{ckpt_dir!r}: config.json says n_layer={cfg.n_layer}, "
+                                   f"model.safetensors holds {len(blocks)} blocks")
+
+
+def _checked_qtensor(ckpt_dir, name, arrays, meta):
+    """QuantizedTensor.from_state, then one dequantization: right shape, finite values."""
+    try:
+        q = QuantizedTensor.from_state(arrays, meta)
+        w = q.dequantize()
+        ok = tuple(w.shape) == tuple(meta["shape"]) and len(w.shape) == 2 \
+            and np.isfinite(w).all()
+    except (ValueError, TypeError, KeyError, IndexError) as e:
+        raise QuantCheckpointError(f"{ckpt_dir!r}: quantized layer {name!r} is corrupted "
+                                   f"({type(e).__name__}: {e})") from None
+    if not ok:
+        raise QuantCheckpointError(f"{ckpt_dir!r}: quantized layer {name!r} does not decode to "
+                                   f"finite values of its shape {meta['shape']}")
+    return q
