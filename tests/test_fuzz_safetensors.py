@@ -7,6 +7,7 @@ string/float/out-of-range offsets, holes and overlaps, unknown dtypes, bad `__me
 deep nesting, and wrong header lengths.
 """
 import json
+import os
 import struct
 
 import numpy as np
@@ -219,12 +220,13 @@ def test_harness_reports_each_failure_kind(tmp_path, load_fn, expect):
 # ---------------------------------------------------------------- the CLI: one error line, exit 2
 @pytest.mark.parametrize("case", ["1e999 shape", "deep nesting", "metadata a list", "hole at the start"])
 def test_cli_reports_a_corrupted_checkpoint_in_one_line(tmp_path, capsys, case):
-    from minitx.checkpoint import save_checkpoint
+    from minitx.checkpoint import resolve, save_checkpoint
     from minitx.cli import main
     from minitx.models.gpt import GPT, get_config
     ckpt = tmp_path / "ckpt"
     save_checkpoint(str(ckpt), GPT(get_config("tiny", vocab_size=16)), step=1)
-    (ckpt / "model.safetensors").write_bytes(_file(CORRUPT[case]))
+    with open(os.path.join(resolve(str(ckpt)), "model.safetensors"), "wb") as f:
+        f.write(_file(CORRUPT[case]))
     code = main(["quantize", "--ckpt", str(ckpt), "--out", str(tmp_path / "q")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error:"), err

@@ -44,12 +44,14 @@ def _tensor_bytes(directory):
 
 
 def test_quantized_checkpoint_holds_weights_only(tmp_path, capsys):
+    from minitx.checkpoint import resolve
     src, out = str(tmp_path / "f"), str(tmp_path / "q")
     _trained_checkpoint(src)
-    assert os.path.isfile(os.path.join(src, "train_state.safetensors"))
+    step_dir = resolve(src)                                  # the run's latest step directory
+    assert os.path.isfile(os.path.join(step_dir, "train_state.safetensors"))
     quantize_checkpoint(_args("--ckpt", src, "--out", out, "--scheme", "int4"))
     assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]
-    float_weights = os.path.getsize(os.path.join(src, "model.safetensors"))
+    float_weights = os.path.getsize(os.path.join(step_dir, "model.safetensors"))
     assert _tensor_bytes(out) * 3 < float_weights          # int4: the directory really shrinks
     line = capsys.readouterr().out
     ratio = float(line.split("x smaller")[0].rsplit("(", 1)[1])
