@@ -168,3 +168,27 @@ def test_fuzz_quantized_checkpoint_loader(tmp_path):
     valid = (tmp_path / "model.safetensors").read_bytes()
     fuzz_loader(_quantized_loader(str(tmp_path / "config.json")), valid,
                 (SafetensorsError, QuantCheckpointError), cases=20)
+
+
+@pytest.mark.parametrize("field, value", [("n_embd", 8192), ("n_layer", 200_000),
+                                          ("vocab_size", 10**8), ("ffn_hidden", 2**24)])
+def test_quantized_loader_checks_config_sizes_before_allocating(tmp_path, field, value):
+    """A corrupted config.json must not build a multi-GB model before the weights are checked
+    (sizes GPTConfig itself accepts: below its 2e9-parameter cap, yet gigabytes)."""
+    import json
+    from fuzzing import Mutation, run_batch
+    from minitx.quant.serialize import QuantCheckpointError, load_quantized_model, \
+        save_quantized_model
+    minitx.random.manual_seed(0)
+    model = GPT(get_config("tiny", vocab_size=16, n_embd=16, n_layer=1, n_head=2)).eval()
+    quantize_model(model, "int8")
+    save_quantized_model(model, str(tmp_path), options={"scheme": "int8"})
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["model"][field] = value
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    failures = run_batch(lambda _: load_quantized_model(str(tmp_path)),      # under RLIMIT_AS
+                         [Mutation(f"{field}={value}", b"")], QuantCheckpointError,
+                         budget=256 * 1024 * 1024)
+    assert not failures, failures
+    with pytest.raises(QuantCheckpointError, match="config"):           # safe now: no allocation
+        load_quantized_model(str(tmp_path))

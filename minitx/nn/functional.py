@@ -211,7 +211,8 @@ def cross_entropy(input, target, ignore_index=-100, reduction="mean"):
 
 
 # ============================== normalisation ================================================
-from minitx.nn.normalization import layer_norm, rms_norm  # noqa: E402,F401  (F.layer_norm, F.rms_norm)
+from minitx.nn import normalization as _normalization  # noqa: E402
+layer_norm, rms_norm = _normalization.layer_norm, _normalization.rms_norm      # F.layer_norm, ...
 
 
 # ============================== activations ==================================================

@@ -124,7 +124,7 @@ def _load_quantized(ckpt_dir, config):
     path = os.path.join(ckpt_dir, "model.safetensors")
     header, _, _ = read_header(path)
     cfg = GPTConfig(**config["model"])
-    _check_sizes(ckpt_dir, header, cfg)
+    _check_sizes(ckpt_dir, header, cfg, os.path.getsize(path))
     tensors = upgrade_state_dict(check_finite(load_file(path), path))
     model = GPT(cfg)
     for name, meta in config["quantization"]["layers"].items():
@@ -144,8 +144,27 @@ def _load_quantized(ckpt_dir, config):
     return model.eval()
 
 
-def _check_sizes(ckpt_dir, header, cfg):
-    """The config's sizes against the float tensors' shapes in the header (no allocation)."""
+def _float_params(cfg):
+    """About the number of parameters GPT(cfg) allocates (an overestimate by at most ~2x)."""
+    C, H = cfg.n_embd, cfg.n_head
+    d = getattr(cfg, "head_dim", None) or C // H
+    Hkv = getattr(cfg, "n_kv_head", None) or H
+    ffn = getattr(cfg, "ffn_hidden", None) or 4 * C
+    per_layer = C * (H + 2 * Hkv) * d + H * d * C + 3 * C * ffn + 6 * C
+    return 2 * cfg.vocab_size * C + cfg.block_size * C + cfg.n_layer * per_layer
+
+
+def _check_sizes(ckpt_dir, header, cfg, file_bytes):
+    """The config's sizes against the weights file, before GPT(cfg) allocates anything.
+
+    No scheme stores fewer than 1 bit per weight (float32 would be 32x larger), so a config whose
+    model needs more than 64x the file's bytes (+ 64 MB) in float32 is corrupted; then the
+    embedding, position table and block count are compared with the header."""
+    need = 4 * _float_params(cfg)
+    if need > 64 * file_bytes + 2**26:
+        raise QuantCheckpointError(f"{ckpt_dir!r}: config.json describes a model of "
+                                   f"{need / 1e6:.0f} MB in float32, impossible for a "
+                                   f"{file_bytes}-byte model.safetensors (corrupted config?)")
     expect = {"wte.weight": [cfg.vocab_size, cfg.n_embd]}
     if "wpe.weight" in header:
         expect["wpe.weight"] = [cfg.block_size, cfg.n_embd]
