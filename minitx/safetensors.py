@@ -46,6 +46,9 @@ def save_file(tensors, path, metadata=None):
     """
     header, offset, arrays = {}, 0, []
     for name in sorted(tensors):
+        if not isinstance(name, str) or name == "__metadata__":
+            raise ValueError(f"safetensors tensor names are strings other than '__metadata__', "
+                             f"got {name!r}")
         a = np.asarray(tensors[name])
         a = a if a.flags.c_contiguous else a.copy(order="C")     # keeps 0-d arrays 0-d
         key = _NAMES.get(a.dtype.newbyteorder("<"))

@@ -177,7 +177,10 @@ def _run_batch_in(directory, load_fn, mutations, own_errors, check, budget, time
     _, status = os.waitpid(pid, 0)
     failures, started = [], None
     for line in lines:
-        msg = json.loads(line)
+        try:
+            msg = json.loads(line)
+        except ValueError:                          # the child died in the middle of a line
+            continue
         if "start" in msg:
             started = msg["start"]
         elif msg["failure"]:

@@ -177,6 +177,11 @@ def test_absurd_header_length_is_refused_before_allocating(tmp_path):
     assert not failures, failures
 
 
+def test_writer_refuses_a_tensor_named_like_the_metadata(tmp_path):
+    with pytest.raises(ValueError, match="__metadata__"):
+        save_file({"__metadata__": np.ones(2)}, str(tmp_path / "x.safetensors"))
+
+
 def test_check_finite_names_the_tensor(tmp_path):
     path = str(tmp_path / "nan.safetensors")
     save_file({"ok": np.ones(3, np.float32), "bad": np.array([1.0, np.inf], np.float32),
