@@ -24,7 +24,7 @@ project supports (3.10 to 3.13; their ``unicodedata`` ships Unicode 13.0 to 15.1
 asking each interpreter given with ``--pythons``; assigned characters only (no Cn, no Cs).
 
 The JSON holds: ``versions``; ``unicode`` (versions and the differing code points); ``corpus``
-and ``random`` lists of {"text", "ids", "gpt2_ids"}; ``decode`` lists of {"ids", "text"} (random
+and ``random`` lists of {"text", "ids", "gpt2_ids" (null when equal to "ids")}; ``decode`` lists of {"ids", "text"} (random
 id sequences, including cut UTF-8 and control tokens); ``chat`` lists of {"messages",
 "add_generation_prompt", "text", "ids"} from ``apply_chat_template``; ``chat_template``.
 """
@@ -183,9 +183,10 @@ def main():
             assert ord(ch) in stable_set or ord(ch) in (0x50000, 0xE0041) \
                 or ord(ch) < 0x20, f"corpus character U+{ord(ch):04X} is not stable"
 
-    def record(text):
-        return {"text": text, "ids": tok.encode(text, add_special_tokens=False),
-                "gpt2_ids": gpt2.encode(text, add_special_tokens=False)}
+    def record(text):   # gpt2_ids: None where the plain GPT-2 pre-tokenizer gives the same ids
+        ids = tok.encode(text, add_special_tokens=False)
+        gpt2_ids = gpt2.encode(text, add_special_tokens=False)
+        return {"text": text, "ids": ids, "gpt2_ids": None if gpt2_ids == ids else gpt2_ids}
 
     corpus = [record(t) for t in CORPUS]
     rand = [record(t) for t in random_strings(stable)]
@@ -231,8 +232,8 @@ def main():
             "chat_template": tok.chat_template, "corpus": corpus, "random": rand,
             "decode": decode, "chat": chat}
     with open(args.out, "w", encoding="utf-8") as f:
-        json.dump(data, f, ensure_ascii=True, separators=(",", ":"))
-    n_gpt2 = sum(r["ids"] != r["gpt2_ids"] for r in corpus + rand)
+        json.dump(data, f, ensure_ascii=False, separators=(",", ":"))
+    n_gpt2 = sum(r["gpt2_ids"] is not None for r in corpus + rand)
     print(f"{len(corpus)} corpus + {len(rand)} random strings; the plain GPT-2 pre-tokenizer "
           f"differs on {n_gpt2}; {len(stable)} stable code points; {unicode_info['differing_code_points']} "
           f"differ; wrote {args.out} ({os.path.getsize(args.out)} bytes)")
