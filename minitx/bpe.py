@@ -25,6 +25,9 @@ Unsupervised Multitask Learners" (GPT-2), section 2.2: BPE over bytes, not chara
    vocabulary lacks 21 of the 256, among them 0x04 and the lead bytes 0xF1/0xF2) is dropped, as
    the reference tokenizer drops it.
 
+Chat prompts come from the file's Jinja chat template, rendered without Jinja by
+``minitx.chat_template`` (``render_chat`` is re-exported here).
+
 ``decode(ids)`` concatenates the tokens' bytes and decodes UTF-8 (an invalid sequence becomes
 U+FFFD); ``StreamDecoder`` does the same one token at a time, holding back a character whose
 bytes are split across tokens until it is complete.
@@ -35,8 +38,10 @@ bytes are split across tokens until it is complete.
 3.12 15.0 and 3.13 15.1: their category tables differ on 5,955 code points, the 5,954 assigned
 after 13.0 (unassigned on 3.10, hence neither letter nor number there) and U+1734 (Mn to Mc,
 which changes nothing here). The reference tokenizer carries its own, newer tables, so a character
-newer than the running Python's Unicode can split differently; every other string gets the
-reference's ids (tests/test_bpe.py checks this on stored reference data).
+newer than the running Python's Unicode can split differently (U+0870, an Arabic letter of
+Unicode 14, is a letter from Python 3.11 on, so "a\u0870b" is one piece there and three on 3.10);
+every other string gets the reference's ids (tests/test_bpe.py checks this on stored reference
+data; it passes unchanged on Python 3.10, 3.11, 3.12 and 3.13).
 """
 from __future__ import annotations
 
@@ -46,6 +51,8 @@ import heapq
 import re
 import sys
 import unicodedata
+
+from minitx.chat_template import parse_chat_template, render_chat  # noqa: F401 (re-exported)
 
 # GGUF tokenizer.ggml.token_type values (llama.cpp's llama_token_type)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -79,7 +86,7 @@ def bytes_to_unicode():
     return table
 
 
-def bpe_merge(word, ranks):
+def bpe_merge(word, ranks, steps=None):
     """Byte-pair encode one word: merge the best-ranked adjacent pair until none is left.
 
     The plain loop a course exercise starts from (``BPETokenizer`` runs the same rule with a heap).
@@ -87,6 +94,7 @@ def bpe_merge(word, ranks):
     Args:
         word: sequence of str, the starting symbols (for byte-level BPE, one per byte).
         ranks: dict (str, str) -> int, the merge list's order; lower merges first.
+        steps: optional list; each merge appends (rank, symbols after it), to watch the merges.
     Returns:
         list of str: the merged symbols, whose concatenation is ``"".join(word)``.
     """
@@ -100,6 +108,8 @@ def bpe_merge(word, ranks):
         if best is None:
             break
         symbols[best:best + 2] = [symbols[best] + symbols[best + 1]]
+        if steps is not None:
+            steps.append((best_rank, list(symbols)))
     return symbols
 
 
@@ -288,6 +298,11 @@ class BPETokenizer:
         """
         if not isinstance(text, str):
             raise TypeError(f"encode expects str, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"text has a lone surrogate U+{ord(text[e.start]):04X} at index "
+                             f"{e.start}; it has no UTF-8 bytes") from None
         ids = [self.bos_id] if self.add_bos else []
         chunks, start = [], 0
         if allow_special and self._special_re is not None:
@@ -378,89 +393,3 @@ class StreamDecoder:
     def flush(self):
         """End of stream -> what is left ("" or U+FFFD for a cut-off character)."""
         return self._utf8.decode(b"", final=True)
-
-
-# ---------------------------------------------------------------- chat templates
-
-def _template_regex():
-    """The ChatML template family as a regex over Jinja source, default system prompt optional.
-
-    Written as the template reads; then a space means optional whitespace inside a tag, ``'``
-    either quote, and ``\\n`` inside a string literal a real newline or the escape ``\\n``.
-    It matches the template after ``_jinja_whitespace``: no text may stand between the tags.
-    """
-    q, nl = "['\"]", r"(?:\n|\\n)"
-
-    def sketch(s):
-        out = re.escape(s).replace(r"\ ", r"\s*").replace("'", q).replace("NL", nl)
-        return out.replace(r"\{%", r"\{%\s*").replace(r"\{\{", r"\{\{\s*")
-
-    system = (sketch("{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system"
-                     "NL") + r"(?P<system>(?:[^'\"\\]|\\.)*)" + sketch("<|im_end|>NL' }}{% endif %}"))
-    turn = sketch("{{ '<|im_start|>' + message['role'] + 'NL' + message['content'] + "
-                  "'<|im_end|>' + 'NL' }}")
-    return re.compile(sketch("{% for message in messages %}") + f"(?:{system})?" + turn
-                      + sketch("{% endfor %}{% if add_generation_prompt %}"
-                               "{{ '<|im_start|>assistant" + "NL' }}{% endif %}") + r"\n?\Z")
-
-
-def _jinja_whitespace(template):
-    """Apply Jinja's whitespace control as transformers' chat environment sets it up.
-
-    ``{%-``/``{{-`` and ``-%}``/``-}}`` eat the whitespace before/after the tag; ``trim_blocks``
-    drops the first newline after a ``%}``; ``lstrip_blocks`` drops spaces and tabs between a line
-    start and a ``{%``. What remains between two tags is text the template prints.
-    """
-    t = re.sub(r"\s*(\{[%{])-", r"\1", template)
-    t = re.sub(r"-([%}]\})\s*", r"\1", t)
-    t = re.sub(r"%\}\n", "%}", t)
-    return re.sub(r"(^|\n)[ \t]+\{%", r"\1{%", t)
-
-
-def parse_chat_template(template):
-    """Recognise a chat template: returns ("chatml", default_system_prompt or None).
-
-    Raises:
-        ValueError: the template is not one of the ChatML forms this module reproduces.
-    """
-    if not isinstance(template, str):
-        raise TypeError(f"chat template must be str, got {type(template).__name__}")
-    m = _template_regex().match(_jinja_whitespace(template))
-    if m is None:
-        head = template[:80].replace("\n", "\\n")
-        raise ValueError(f"unrecognised chat template (only ChatML is supported): {head!r}...")
-    system = m.group("system")
-    if system is not None:   # undo Jinja string escapes: \n, \t, \\, \' and \"
-        system = re.sub(r"\\(.)", lambda e: {"n": "\n", "t": "\t"}.get(e.group(1), e.group(1)),
-                        system)
-    return "chatml", system
-
-
-def render_chat(messages, template, add_generation_prompt=True):
-    """The text a ChatML template renders for ``messages``, without a Jinja engine.
-
-    ``<|im_start|>{role}\\n{content}<|im_end|>\\n`` per message; when the template has a
-    default system prompt and the first message is not from "system", that prompt comes first;
-    ``<|im_start|>assistant\\n`` at the end when ``add_generation_prompt``.
-
-    Args:
-        messages: list of dicts with str "role" and "content".
-        template: the Jinja template string (e.g. GGUF ``tokenizer.chat_template``).
-        add_generation_prompt: end with the assistant's opening tag.
-    Returns:
-        str, to be encoded with special tokens allowed.
-    """
-    _, system = parse_chat_template(template)
-    if not isinstance(messages, (list, tuple)):
-        raise TypeError(f"messages must be a list of dicts, got {type(messages).__name__}")
-    for k, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) \
-                or not isinstance(m.get("content"), str):
-            raise ValueError(f"message {k} must be a dict with str 'role' and 'content', got {m!r}")
-    parts = []
-    if system is not None and messages and messages[0]["role"] != "system":
-        parts.append(f"<|im_start|>system\n{system}<|im_end|>\n")
-    parts += [f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages]
-    if add_generation_prompt:
-        parts.append("<|im_start|>assistant\n")
-    return "".join(parts)

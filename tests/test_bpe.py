@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from minitx.bpe import (CONTROL, NORMAL, BPETokenizer, bpe_merge, bpe_merge_heap,
-                        bytes_to_unicode, parse_chat_template, pretokenize, render_chat)
+                        bytes_to_unicode, pretokenize, render_chat)
+from minitx.chat_template import parse_chat_template
 from minitx.gguf import find_smollm2, read_metadata
 
 REFERENCE = os.path.join(os.path.dirname(__file__), "data", "smollm2_tokenizer_reference.json")
@@ -64,6 +65,10 @@ def test_bpe_merge_worked_example():
     assert bpe_merge("aaa", {("a", "a"): 0}) == ["aa", "a"]          # a tie: leftmost first
     assert bpe_merge("abc", {("b", "c"): 0, ("a", "b"): 1}) == ["a", "bc"]   # rank, not position
     assert bpe_merge("", ranks) == []
+    steps = []
+    bpe_merge("lower", ranks, steps)
+    assert steps == [(0, ["lo", "w", "e", "r"]), (1, ["low", "e", "r"]), (2, ["low", "er"]),
+                     (3, ["lower"])]
 
 
 def gpt2_merge_all(word, ranks):
@@ -181,6 +186,8 @@ def test_decode_skips_control_tokens_on_request(tiny):
 def test_bad_inputs_are_named(tiny):
     with pytest.raises(TypeError, match="bytes"):
         tiny.encode(b"abc")
+    with pytest.raises(ValueError, match=r"U\+D800 at index 1"):
+        tiny.encode("a\ud800b")
     with pytest.raises(ValueError, match="token id 9999"):
         tiny.decode([1, 9999])
     tokens = [B2U[b] for b in range(256)]
