@@ -8,7 +8,7 @@ from minitx import backend
 from minitx.autograd import Function, Tensor, is_grad_enabled, no_grad, tensor
 from minitx.ops import cat, gather, split, stack, where
 from minitx.random import manual_seed
-from minitx import nn, optim
+from minitx import nn, optim, profiler
 
 __version__ = "0.1.0"
 __all__ = ["Tensor", "Function", "tensor", "no_grad", "is_grad_enabled", "manual_seed", "cat",

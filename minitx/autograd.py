@@ -26,6 +26,7 @@ import numpy as np
 from minitx import promotion
 
 _grad_enabled = True
+_profiler = None       # a minitx.profiler.profile while one is recording, else None
 
 
 def is_grad_enabled():
@@ -103,6 +104,8 @@ class Function:
 
     @classmethod
     def apply(cls, *args, **kwargs):
+        if _profiler is not None:                   # minitx.profiler is recording
+            return _profiler.apply(cls, args, kwargs)
         needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
         ctx = Context(needs)
         arrays = [a.data if isinstance(a, Tensor) else a for a in args]

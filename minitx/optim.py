@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from minitx import profiler
+
 
 class Optimizer:
     """Holds parameter groups and per-parameter state; `state_dict()` is arrays + JSON-able."""
@@ -115,6 +117,10 @@ class AdamW(Optimizer):
                                       weight_decay=weight_decay))
 
     def step(self):
+        with profiler.record("AdamW.step"):             # a row in minitx.profiler's table
+            self._step()
+
+    def _step(self):
         for g in self.param_groups:
             lr, (b1, b2), eps, wd = g["lr"], g["betas"], g["eps"], g["weight_decay"]
             for p in g["params"]:

@@ -1,8 +1,9 @@
 """`python -m minitx train`: train a GPT (default: the `default` config on the embedded corpus)."""
+import contextlib
 import dataclasses
 import os
 
-from minitx import backend
+from minitx import backend, profiler
 from minitx.data import default_corpus, load_text
 from minitx.models.gpt import CONFIGS, get_config
 from minitx.train import TrainConfig, train
@@ -25,6 +26,8 @@ def add_parser(sub):
     p.add_argument("--attention", default=None, choices=ATTENTION,
                    help="attention implementation (default: naive)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--profile", action="store_true",
+                   help="print minitx.profiler's per-op table (forward/backward time) at the end")
     d = TrainConfig()
     for name in TRAIN_FLAGS:
         default = getattr(d, name)
@@ -107,12 +110,16 @@ def run(args):
     print(f"minitx: training config '{args.config or 'default'}' on "
           f"{args.data if args.data else 'the embedded corpus'} "
           f"({len(text.encode('utf-8')):,} bytes), backend {backend.active()}, out {args.out}")
-    result = train(model_config, tc, text, args.out, resume=args.resume, extensions=extensions)
+    with (profiler.profile() if args.profile else contextlib.nullcontext()) as prof:
+        result = train(model_config, tc, text, args.out, resume=args.resume,
+                       extensions=extensions)
     gap = result["unigram_loss"] - result["val_loss"]
     print(f"done: {result['step']} steps in {result['seconds']:.0f}s, "
           f"{result['tokens_per_s']:,.0f} tok/s, {result['flops'] / 1e12:.2f} TFLOP | val loss "
           f"{result['val_loss']:.4f} vs unigram baseline {result['unigram_loss']:.4f} "
           f"({gap:+.4f} nats better) | checkpoint: {args.out}")
+    if prof is not None:
+        print(prof.table(sort_by="total", row_limit=20))
     if args.sample_tokens > 0:
         from minitx.commands.generate import print_sample
         print_sample(result["model"], "The ", args.sample_tokens, 0.8, 40, args.seed)
