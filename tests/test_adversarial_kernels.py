@@ -208,8 +208,8 @@ def _broken_input(x, out=None):               # scribbles on its (writable) inpu
     return r
 
 
-def _broken_crash(x, out=None):               # aborts the process on a misaligned out
-    if isinstance(out, np.ndarray) and not out.flags.aligned:
+def _broken_crash(x, out=None):               # aborts the process on an out one byte off
+    if isinstance(out, np.ndarray) and out.__array_interface__["data"][0] % 4 == 1:
         os.abort()
     return _twin_double(x, out)
 
