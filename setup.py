@@ -50,6 +50,11 @@ def _flags():
     return compile_args, link_args, use_omp
 
 
+# Flags for one extension on top of _flags(). fused_ops: its AdamW update must round like
+# NumPy's step-by-step arithmetic, so no contraction of a*b + c into a fused multiply-add.
+EXTRA_COMPILE_ARGS = {"minitx_c.fused_ops": ["-ffp-contract=off"]}
+
+
 def _extensions():
     compile_args, link_args, _ = _flags()
     exts = []
@@ -59,7 +64,8 @@ def _extensions():
             name, [pyx],
             include_dirs=[np.get_include(), "minitx_c"],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-            extra_compile_args=compile_args,
+            extra_compile_args=compile_args + (EXTRA_COMPILE_ARGS.get(name, [])
+                                               if sys.platform != "win32" else []),
             extra_link_args=link_args,
             optional=True,
         ))

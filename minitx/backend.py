@@ -23,6 +23,8 @@ TWINS = {
     "softmax_lastdim": "minitx.kernels.fused",
     "layer_norm_forward": "minitx.kernels.fused",
     "layer_norm_backward": "minitx.kernels.fused",
+    "cross_entropy_fused": "minitx.kernels.fused_ops",
+    "adamw_step": "minitx.kernels.fused_ops",
     "matmul": "minitx.kernels.gemm",
     "matmul_int8": "minitx.kernels.int8",
     "linear_w8": "minitx.kernels.int8",

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from minitx import profiler
+from minitx import backend, profiler
 
 
 class Optimizer:
@@ -132,15 +132,10 @@ class AdamW(Optimizer):
                     st["exp_avg"] = np.zeros_like(p.data)
                     st["exp_avg_sq"] = np.zeros_like(p.data)
                 st["step"] += 1
-                t, m, v, grad = st["step"], st["exp_avg"], st["exp_avg_sq"], p.grad
-                p.data *= 1 - lr * wd                               # decoupled weight decay
-                m *= b1
-                m += (1 - b1) * grad                                # first moment
-                v *= b2
-                v += (1 - b2) * grad * grad                         # second moment
-                step_size = lr / (1 - b1 ** t)                      # bias corrections
-                denom = np.sqrt(v) / math.sqrt(1 - b2 ** t) + eps
-                p.data -= (step_size * m / denom).astype(p.data.dtype, copy=False)
+                # p <- p (1 - lr wd); m, v <- moments; p <- p - lr m_hat / (sqrt(v_hat) + eps),
+                # one fused pass (minitx/kernels/fused_ops.py: adamw_step, bit for bit)
+                backend.kernel("adamw_step")(p.data, p.grad, st["exp_avg"], st["exp_avg_sq"],
+                                             lr, b1, b2, eps, wd, st["step"])
 
 
 def clip_grad_norm_(params, max_norm):

@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from minitx import backend
-from minitx.autograd import Function, _as_array
+from minitx.autograd import Function, _as_array, is_grad_enabled
 from minitx import random as _random
 
 
@@ -143,36 +143,33 @@ def log_softmax(input, dim=-1):
 
 
 class _CrossEntropy(Function):
-    """Fused log_softmax + negative log likelihood over class dim 1 of (N, C) logits."""
+    """Fused log_softmax + negative log likelihood over class dim 1 of (N, C) logits.
+
+    The kernel `cross_entropy_fused` (minitx/kernels/fused_ops.py) returns each row's loss and,
+    from the same pass, its gradient softmax - onehot; backward only scales that gradient."""
     @staticmethod
     def forward(ctx, logits, target, ignore_index, reduction):
-        logp = _log_softmax_array(logits, 1)                                 # (N, C)
-        keep = target != ignore_index                                        # (N,)
-        safe = np.where(keep, target, 0)
-        picked = np.take_along_axis(logp, safe[:, None], axis=1)[:, 0]     # (N,)
-        nll = np.where(keep, -picked, 0)      # an ignored row adds 0, even if it holds -inf
-        count = max(int(keep.sum()), 1)
-        ctx.save_for_backward(logp, safe, keep)
+        need_grad = ctx.needs_input_grad[0] and is_grad_enabled()
+        nll, dlogits = backend.kernel("cross_entropy_fused")(logits, target, ignore_index,
+                                                             need_grad=need_grad)  # (N,), (N, C)
+        n_kept = int((target != ignore_index).sum())
+        count = max(n_kept, 1)
+        ctx.save_for_backward(dlogits)
         ctx.reduction, ctx.count = reduction, count
         if reduction == "none":
-            return nll.astype(logits.dtype)
+            return nll
         total = nll.sum(dtype=np.float64)
         out = total / count if reduction == "mean" else total
-        if keep.sum() == 0 and reduction == "mean":
+        if n_kept == 0 and reduction == "mean":
             out = np.nan                                                     # as PyTorch
         return np.asarray(out, dtype=logits.dtype)
 
     @staticmethod
     def backward(ctx, g):
-        logp, safe, keep = ctx.saved_tensors
-        grad = np.exp(logp)                                   # softmax, (N, C)
-        grad[np.arange(len(safe)), safe] -= 1                 # softmax - onehot
-        grad = np.where(keep[:, None], grad, 0).astype(logp.dtype, copy=False)
+        (dlogits,) = ctx.saved_tensors                        # softmax - onehot, (N, C)
         if ctx.reduction == "none":
-            grad *= g[:, None]
-        else:
-            grad *= g / ctx.count if ctx.reduction == "mean" else g
-        return grad, None, None, None
+            return dlogits * g[:, None], None, None, None
+        return dlogits * (g / ctx.count if ctx.reduction == "mean" else g), None, None, None
 
 
 def cross_entropy(input, target, ignore_index=-100, reduction="mean"):

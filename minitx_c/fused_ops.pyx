@@ -1,0 +1,178 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Cython twins of `minitx/kernels/fused_ops.py`: fused cross-entropy and the AdamW update.
+
+Same names, signatures, validation (the reference's own `check_*`, before the GIL is released)
+and operation order as the NumPy twins. Rows (cross-entropy) or blocks of elements (AdamW) run
+in parallel with OpenMP above a size threshold, serially below it (a parallel region costs
+microseconds). This extension is compiled with -ffp-contract=off (setup.py): a fused multiply-add
+would round `m * b1 + (1 - b1) * g` once instead of twice and break AdamW's bit-identity with
+NumPy.
+"""
+cimport cython
+import math
+import numpy as np
+cimport numpy as cnp
+from cython.parallel cimport prange
+from libc.math cimport exp, expf, log, logf, sqrt, sqrtf
+from minitx_c.runtime cimport num_threads
+from minitx.kernels.fused_ops import check_adamw, check_cross_entropy
+
+cnp.import_array()
+
+ctypedef fused real:
+    float
+    double
+
+cdef Py_ssize_t PARALLEL_MIN = 1 << 16      # elements below which a kernel runs serially
+cdef Py_ssize_t ADAMW_BLOCK = 4096          # elements per parallel AdamW task
+
+
+def _aligned_c(a):
+    """a as a C-contiguous array with an aligned data pointer (a itself when it is one)."""
+    return np.ascontiguousarray(a) if a.flags.aligned else np.array(a, order="C")
+
+
+# ---------------------------------------------------------------- cross-entropy + log-softmax
+cdef inline real _exp(real v) noexcept nogil:
+    if real is float:
+        return expf(v)
+    else:
+        return exp(v)
+
+
+cdef inline real _log(real v) noexcept nogil:
+    if real is float:
+        return logf(v)
+    else:
+        return log(v)
+
+
+cdef void _ce_row(const real[:, ::1] x, const cnp.int64_t[::1] target, long long ignore_index,
+                  bint need_grad, real[::1] nll, real[:, ::1] dx, Py_ssize_t r) noexcept nogil:
+    cdef Py_ssize_t C = x.shape[1], j
+    cdef cnp.int64_t t = target[r]
+    cdef real m, e, lse, inv
+    cdef double s
+    if t == ignore_index:                         # an ignored row: 0 loss, 0 gradient
+        nll[r] = 0
+        if need_grad:
+            for j in range(C):
+                dx[r, j] = 0
+        return
+    m = x[r, 0]                                   # row max, for stability
+    for j in range(1, C):
+        if x[r, j] > m:
+            m = x[r, j]
+    s = 0
+    for j in range(C):                            # s = sum(exp(x - m)); keep e for the grad
+        e = _exp(x[r, j] - m)
+        if need_grad:
+            dx[r, j] = e
+        s = s + e
+    lse = _log(<real>s)                           # logsumexp(x) - m
+    nll[r] = -((x[r, t] - m) - lse)               # -logp[target]
+    if need_grad:
+        inv = <real>(1.0 / s)
+        for j in range(C):                        # softmax
+            dx[r, j] = dx[r, j] * inv
+        dx[r, t] = dx[r, t] - 1                   # softmax - onehot
+
+
+cdef void _ce_rows(const real[:, ::1] x, const cnp.int64_t[::1] target, long long ignore_index,
+                   bint need_grad, real[::1] nll, real[:, ::1] dx, int nt) noexcept nogil:
+    cdef Py_ssize_t R = x.shape[0], r
+    if nt > 1 and R * x.shape[1] >= PARALLEL_MIN:
+        for r in prange(R, schedule="static", num_threads=nt):
+            _ce_row(x, target, ignore_index, need_grad, nll, dx, r)
+    else:
+        for r in range(R):
+            _ce_row(x, target, ignore_index, need_grad, nll, dx, r)
+
+
+def cross_entropy_fused(logits, target, ignore_index=-100, need_grad=True):
+    """Per-row cross-entropy and its gradient from one pass (twin of the NumPy reference).
+
+    Args:
+        logits: (N, C) float32/float64; target: (N,) integer ids; ignore_index: int;
+        need_grad: also return the gradient.
+    Returns:
+        nll (N,); dlogits (N, C) = softmax - onehot (0 on ignored rows), or None.
+    """
+    check_cross_entropy(logits, target, ignore_index)
+    N, C = logits.shape
+    x = _aligned_c(logits)
+    t = np.require(target, dtype=np.int64, requirements=("C", "A"))
+    nll = np.empty(N, dtype=logits.dtype)
+    dx = np.empty((N, C) if need_grad else (1, 1), dtype=logits.dtype)
+    if N > 0:
+        if x.dtype == np.float32:
+            _ce_rows[float](x, t, ignore_index, need_grad, nll, dx, num_threads())
+        else:
+            _ce_rows[double](x, t, ignore_index, need_grad, nll, dx, num_threads())
+    return nll, (dx if need_grad else None)
+
+
+# ---------------------------------------------------------------------------- AdamW update
+cdef void _adamw_range(real[::1] p, const real[::1] g, real[::1] m, real[::1] v,
+                       real decay, real b1, real one_minus_b1, real b2, real one_minus_b2,
+                       real step_size, real bc2_sqrt, real eps,
+                       Py_ssize_t i0, Py_ssize_t i1) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef real denom
+    for i in range(i0, i1):                       # the twin's lines, in its order:
+        p[i] = p[i] * decay                       # p *= 1 - lr wd
+        m[i] = m[i] * b1                          # m *= b1
+        m[i] = m[i] + one_minus_b1 * g[i]         # m += (1 - b1) g
+        v[i] = v[i] * b2                          # v *= b2
+        v[i] = v[i] + one_minus_b2 * g[i] * g[i]  # v += (1 - b2) g g
+        if real is float:
+            denom = sqrtf(v[i]) / bc2_sqrt + eps  # sqrt(v) / sqrt(1 - b2^t) + eps
+        else:
+            denom = sqrt(v[i]) / bc2_sqrt + eps
+        p[i] = p[i] - step_size * m[i] / denom    # p -= step_size m / denom
+
+
+cdef void _adamw(real[::1] p, const real[::1] g, real[::1] m, real[::1] v, real decay, real b1,
+                 real one_minus_b1, real b2, real one_minus_b2, real step_size, real bc2_sqrt,
+                 real eps, int nt) noexcept nogil:
+    cdef Py_ssize_t n = p.shape[0], blk, n_blk = (n + ADAMW_BLOCK - 1) // ADAMW_BLOCK
+    if nt > 1 and n >= PARALLEL_MIN:
+        for blk in prange(n_blk, schedule="static", num_threads=nt):
+            _adamw_range(p, g, m, v, decay, b1, one_minus_b1, b2, one_minus_b2, step_size,
+                         bc2_sqrt, eps, blk * ADAMW_BLOCK, min(n, (blk + 1) * ADAMW_BLOCK))
+    else:
+        _adamw_range(p, g, m, v, decay, b1, one_minus_b1, b2, one_minus_b2, step_size,
+                     bc2_sqrt, eps, 0, n)
+
+
+def _writable_c(a):
+    """a, or an aligned C-contiguous copy of it to write back afterwards."""
+    return a if a.flags.c_contiguous and a.flags.aligned else np.array(a, order="C")
+
+
+def adamw_step(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay, step):
+    """One AdamW update in place (twin of the NumPy reference, bit for bit).
+
+    Args:
+        param, grad, exp_avg, exp_avg_sq: arrays of one shape and dtype (float32/float64).
+        lr, beta1, beta2, eps, weight_decay: floats; step: the update's number t >= 1.
+    Returns:
+        None.
+    """
+    check_adamw(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay, step)
+    lr, beta1, beta2, eps, weight_decay = map(float, (lr, beta1, beta2, eps, weight_decay))
+    n = param.size
+    p, m, v = _writable_c(param), _writable_c(exp_avg), _writable_c(exp_avg_sq)
+    g = _aligned_c(grad)
+    # the twin's scalars, computed by the same Python expressions
+    consts = (1 - lr * weight_decay, beta1, 1 - beta1, beta2, 1 - beta2,
+              lr / (1 - beta1 ** step), math.sqrt(1 - beta2 ** step), eps)
+    if param.dtype == np.float32:
+        _adamw[float](p.reshape(n), g.reshape(n), m.reshape(n), v.reshape(n), *consts,
+                      num_threads())
+    else:
+        _adamw[double](p.reshape(n), g.reshape(n), m.reshape(n), v.reshape(n), *consts,
+                       num_threads())
+    for a, a_c in ((param, p), (exp_avg, m), (exp_avg_sq, v)):
+        if a_c is not a:
+            a[...] = a_c
