@@ -1,46 +1,63 @@
-"""Training throughput of the default GPT: minitx against PyTorch eager on the same config.
+"""Training throughput: minitx against the same model in PyTorch eager, with minitx's profile.
 
-    python benchmarks/train_throughput.py [--threads 1] [--steps 10] [--config default]
+    python benchmarks/train_throughput.py [--configs default,llama] [--threads 1,2]
+        [--rounds 3] [--steps 5] [--torch-python /path/to/venv/bin/python]
 
-Each framework trains the same architecture (embedding, pre-LayerNorm blocks, causal attention,
-tanh-GELU MLP, tied head) with AdamW on random token batches; the table gives the median
-tokens/s over the timed steps (after 2 warm-up steps) and the ratio minitx / PyTorch. PyTorch is
-optional: without it only minitx's row is printed. Thread counts are fixed through the
-environment before NumPy loads (OpenBLAS, OpenMP), and with torch.set_num_threads.
+Each framework trains the same architecture with AdamW on random token batches: `default`
+(learned positions, pre-LayerNorm, tanh-GELU MLP, tied head) and `llama` (RoPE, RMSNorm, SwiGLU,
+untied head, no biases). Every measurement is a separate process (thread counts are fixed in its
+environment before NumPy / OpenBLAS / OpenMP / torch load), timing `--steps` steps after 2
+warm-up steps and reporting the median seconds per step. The rounds interleave minitx and
+PyTorch runs of every (config, threads) cell, so a load change on a shared machine hits both;
+the table gives the median over rounds of each framework and of the per-round ratio
+(tokens/s of minitx / tokens/s of PyTorch: above 1 means minitx is faster).
+Then minitx.profiler's table of one training step (after a warm-up step) is printed for each
+config and thread count.
+
+PyTorch is never a minitx dependency: `--torch-python` names the interpreter of a throwaway
+virtualenv holding torch==2.13.0 (default: this interpreter, if it can import torch); without
+torch only minitx's rows are printed.
 """
 import argparse
+import json
 import os
+import statistics
+import subprocess
 import sys
 import time
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 
-def _args():
+
+def _args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--config", default="default")
-    p.add_argument("--attention", default=None, help="minitx attention impl (default: config's)")
+    p.add_argument("--configs", default="default,llama")
+    p.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--torch-python", default=sys.executable)
+    p.add_argument("--no-profile", action="store_true", help="skip the profiler tables")
     p.add_argument("--cpu-time", action="store_true",
                    help="time with process CPU time instead of wall-clock time")
-    return p.parse_args()
+    # a child process measures one cell:
+    p.add_argument("--child", choices=("minitx", "torch", "profile"), help=argparse.SUPPRESS)
+    p.add_argument("--config", default="default", help=argparse.SUPPRESS)
+    p.add_argument("--nthreads", type=int, default=1, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
 
 
-ARGS = _args()
-for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[var] = str(ARGS.threads)
-
-import numpy as np  # noqa: E402  (after the thread settings)
-
-import minitx  # noqa: E402
-from minitx.models.gpt import GPT, get_config  # noqa: E402
-from minitx.optim import AdamW  # noqa: E402
+# ------------------------------------------------------------------------- child processes
+def _batches(cfg, n, B):
+    import numpy as np
+    rng = np.random.default_rng(0)
+    return [(rng.integers(0, cfg.vocab_size, (B, cfg.block_size)),
+             rng.integers(0, cfg.vocab_size, (B, cfg.block_size))) for _ in range(n)]
 
 
-def _time_steps(step, n):
-    """Median seconds per step: wall-clock time, or process CPU time with --cpu-time (a fairer
-    measure on a machine shared with other jobs, for single-threaded runs)."""
-    clock = time.process_time if ARGS.cpu_time else time.perf_counter
+def _time_steps(step, n, cpu_time):
+    clock = time.process_time if cpu_time else time.perf_counter
     for _ in range(2):
         step()
     times = []
@@ -48,10 +65,13 @@ def _time_steps(step, n):
         t = clock()
         step()
         times.append(clock() - t)
-    return float(np.median(times))
+    return statistics.median(times)
 
 
-def bench_minitx(cfg, batches):
+def _minitx_step(cfg, batches):
+    import minitx
+    from minitx.models.gpt import GPT
+    from minitx.optim import AdamW
     minitx.manual_seed(0)
     model = GPT(cfg)
     opt = AdamW(model.parameters(), lr=1e-3)
@@ -63,46 +83,83 @@ def bench_minitx(cfg, batches):
         loss.backward()
         opt.step()
         opt.zero_grad()
-    return _time_steps(step, ARGS.steps)
+    return step
 
 
-def bench_torch(cfg, batches):
+def _torch_model(cfg):
     import torch
     import torch.nn as nn
     import torch.nn.functional as TF
-    torch.set_num_threads(ARGS.threads)
-    torch.manual_seed(0)
-    C, H, T, V = cfg.n_embd, cfg.n_head, cfg.block_size, cfg.vocab_size
+    C, H, Hkv, d, T, V = (cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.block_size,
+                          cfg.vocab_size)
+    llama = cfg.pos == "rope"
+
+    def norm():
+        return nn.RMSNorm(C, eps=cfg.norm_eps) if cfg.norm == "rmsnorm" else \
+            nn.LayerNorm(C, eps=cfg.norm_eps)
+
+    def rope(x, cos, sin):                                   # rotate-half pairing, as minitx
+        x1, x2 = x[..., : d // 2], x[..., d // 2:]
+        return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
     class Block(nn.Module):
         def __init__(self):
             super().__init__()
-            self.ln1, self.ln2 = nn.LayerNorm(C), nn.LayerNorm(C)
-            self.qkv, self.proj = nn.Linear(C, 3 * C), nn.Linear(C, C)
-            self.fc, self.out = nn.Linear(C, 4 * C), nn.Linear(4 * C, C)
+            self.ln1, self.ln2 = norm(), norm()
+            self.qkv = nn.Linear(C, (H + 2 * Hkv) * d, bias=cfg.bias)
+            self.proj = nn.Linear(H * d, C, bias=cfg.bias)
+            if cfg.mlp == "swiglu":
+                self.gate = nn.Linear(C, cfg.ffn_hidden, bias=cfg.bias)
+                self.up = nn.Linear(C, cfg.ffn_hidden, bias=cfg.bias)
+            else:
+                self.fc = nn.Linear(C, cfg.ffn_hidden, bias=cfg.bias)
+            self.down = nn.Linear(cfg.ffn_hidden, C, bias=cfg.bias)
 
-        def forward(self, x):
+        def forward(self, x, cos, sin):
             B, T_, _ = x.shape
-            q, k, v = self.qkv(self.ln1(x)).view(B, T_, 3, H, C // H).permute(2, 0, 3, 1, 4)
-            y = TF.scaled_dot_product_attention(q, k, v, is_causal=True)
-            x = x + self.proj(y.transpose(1, 2).reshape(B, T_, C))
-            return x + self.out(TF.gelu(self.fc(self.ln2(x)), approximate="tanh"))
+            q, k, v = self.qkv(self.ln1(x)).split([H * d, Hkv * d, Hkv * d], dim=-1)
+            q = q.view(B, T_, H, d).transpose(1, 2)
+            k = k.view(B, T_, Hkv, d).transpose(1, 2)
+            v = v.view(B, T_, Hkv, d).transpose(1, 2)
+            if llama:
+                q, k = rope(q, cos, sin), rope(k, cos, sin)
+            y = TF.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=Hkv != H)
+            x = x + self.proj(y.transpose(1, 2).reshape(B, T_, H * d))
+            h = self.ln2(x)
+            h = TF.silu(self.gate(h)) * self.up(h) if cfg.mlp == "swiglu" else \
+                TF.gelu(self.fc(h), approximate="tanh")
+            return x + self.down(h)
 
     class TorchGPT(nn.Module):
         def __init__(self):
             super().__init__()
-            self.wte, self.wpe = nn.Embedding(V, C), nn.Embedding(T, C)
+            self.wte = nn.Embedding(V, C)
+            self.wpe = None if llama else nn.Embedding(T, C)
             self.blocks = nn.ModuleList(Block() for _ in range(cfg.n_layer))
-            self.ln_f = nn.LayerNorm(C)
+            self.ln_f = norm()
+            self.head = None if cfg.tie_weights else nn.Linear(C, V, bias=False)
+            inv = 1.0 / cfg.rope_base ** (torch.arange(0, d, 2).float() / d)
+            ang = torch.outer(torch.arange(T).float(), inv)
+            self.cos, self.sin = torch.cat((ang, ang), -1).cos(), torch.cat((ang, ang), -1).sin()
 
         def forward(self, idx, targets):
-            x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+            T_ = idx.shape[1]
+            x = self.wte(idx)
+            if self.wpe is not None:
+                x = x + self.wpe(torch.arange(T_))
             for b in self.blocks:
-                x = b(x)
-            logits = self.ln_f(x) @ self.wte.weight.T
+                x = b(x, self.cos[:T_], self.sin[:T_])
+            h = self.ln_f(x)
+            logits = h @ self.wte.weight.T if self.head is None else self.head(h)
             return TF.cross_entropy(logits.view(-1, V), targets.view(-1))
+    return TorchGPT()
 
-    model = TorchGPT()
+
+def _torch_step(cfg, batches, threads):
+    import torch
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = _torch_model(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     it = iter([(torch.from_numpy(x), torch.from_numpy(y)) for x, y in batches])
 
@@ -112,34 +169,96 @@ def bench_torch(cfg, batches):
         loss.backward()
         opt.step()
         opt.zero_grad()
-    return _time_steps(step, ARGS.steps), torch.__version__
+    return step
 
 
-def main():
-    overrides = {"attention": ARGS.attention} if ARGS.attention else {}
-    cfg = get_config(ARGS.config, **overrides)
-    rng = np.random.default_rng(0)
-    n = ARGS.steps + 2
-    B, T = ARGS.batch_size, cfg.block_size
-    batches = [(rng.integers(0, cfg.vocab_size, (B, T)), rng.integers(0, cfg.vocab_size, (B, T)))
-               for _ in range(n)]
-    tokens = B * T
-    print(f"config '{ARGS.config}': {cfg.n_layer} layers, d={cfg.n_embd}, {cfg.n_head} heads, "
-          f"T={T}, batch {B} ({tokens} tokens/step), {ARGS.threads} thread(s), minitx backend "
-          f"{minitx.backend.active()}, attention {cfg.attention}")
-    t_mx = bench_minitx(cfg, batches)
-    rows = [("minitx", t_mx)]
-    try:
-        t_pt, version = bench_torch(cfg, batches)
-        rows.append((f"PyTorch {version} eager", t_pt))
-    except ImportError:
-        t_pt = None
-    print(f"| {'framework':<24} | {'s/step':>8} | {'tokens/s':>9} | {'minitx / this':>13} |")
-    print(f"|{'-' * 26}|{'-' * 10}|{'-' * 11}|{'-' * 15}|")
-    for name, t in rows:
-        print(f"| {name:<24} | {t:8.3f} | {tokens / t:9,.0f} | {t / t_mx:13.2f} |")
-    if t_pt is None:
-        print("(PyTorch not installed: pip install torch==2.13.0 to compare)")
+def child(a):
+    sys.path.insert(0, ROOT)
+    from minitx.models.gpt import get_config           # a dataclass: no kernels, no torch
+    cfg = get_config(a.config)
+    batches = _batches(cfg, a.steps + 3, a.batch_size)
+    if a.child == "profile":
+        import minitx
+        step = _minitx_step(cfg, batches)
+        step()                                          # warm-up
+        with minitx.profiler.profile() as prof:
+            step()
+        print(prof.table(sort_by="total", row_limit=20))
+        return 0
+    step = _minitx_step(cfg, batches) if a.child == "minitx" else \
+        _torch_step(cfg, batches, a.nthreads)
+    print(json.dumps({"s_per_step": _time_steps(step, a.steps, a.cpu_time)}))
+    return 0
+
+
+# ---------------------------------------------------------------------------------- driver
+def _run(python, a, kind, config, threads, capture_json=True):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(threads)
+    cmd = [python, os.path.abspath(__file__), "--child", kind, "--config", config,
+           "--nthreads", str(threads), "--steps", str(a.steps), "--batch-size", str(a.batch_size)]
+    if a.cpu_time:
+        cmd.append("--cpu-time")
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if res.returncode != 0:
+        if kind == "torch" and "No module named 'torch'" in res.stderr:
+            return None
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])["s_per_step"] if capture_json \
+        else res.stdout
+
+
+def main(argv=None):
+    a = _args(argv)
+    if a.child:
+        return child(a)
+    sys.path.insert(0, ROOT)
+    from minitx import backend
+    configs = a.configs.split(",")
+    threads = [int(t) for t in a.threads.split(",")]
+    cells = [(c, t) for c in configs for t in threads]
+    times = {(c, t, k): [] for c, t in cells for k in ("minitx", "torch")}
+    have_torch = True
+    t_start = time.perf_counter()
+    for r in range(a.rounds):
+        for c, t in cells:                      # alternate the order from round to round
+            kinds = ("minitx", "torch") if r % 2 == 0 else ("torch", "minitx")
+            for k in kinds:
+                if k == "torch" and not have_torch:
+                    continue
+                s = _run(a.torch_python if k == "torch" else sys.executable, a, k, c, t)
+                if s is None:
+                    have_torch = False
+                    continue
+                times[(c, t, k)].append(s)
+    print(f"minitx backend {backend.active()}, batch {a.batch_size}, {a.steps} timed steps per "
+          f"run, {a.rounds} interleaved rounds, {'CPU' if a.cpu_time else 'wall'} time, "
+          f"{time.perf_counter() - t_start:.0f}s of runs; load average "
+          f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print(f"| {'config':<8} | {'threads':>7} | {'minitx tok/s':>12} | {'PyTorch tok/s':>13} | "
+          f"{'ratio (median)':>14} | {'ratio range':>13} |")
+    print(f"|{'-' * 10}|{'-' * 9}|{'-' * 14}|{'-' * 15}|{'-' * 16}|{'-' * 15}|")
+    for c, t in cells:
+        from minitx.models.gpt import get_config
+        tokens = a.batch_size * get_config(c).block_size
+        mx, pt = times[(c, t, "minitx")], times[(c, t, "torch")]
+        mx_tok = tokens / statistics.median(mx)
+        if pt:
+            ratios = [p / m for m, p in zip(mx, pt)]             # per round: minitx / torch speed
+            print(f"| {c:<8} | {t:>7} | {mx_tok:12,.0f} | {tokens / statistics.median(pt):13,.0f}"
+                  f" | {statistics.median(ratios):14.2f} | "
+                  f"{min(ratios):5.2f} - {max(ratios):5.2f} |")
+        else:
+            print(f"| {c:<8} | {t:>7} | {mx_tok:12,.0f} | {'-':>13} | {'-':>14} | {'-':>13} |")
+    if not have_torch:
+        print("(PyTorch not importable by --torch-python: pip install torch==2.13.0 in a "
+              "throwaway venv and pass its python)")
+    if not a.no_profile:
+        for c, t in cells:
+            print(f"\nminitx.profiler, one training step of '{c}' on {t} thread(s):")
+            print(_run(sys.executable, a, "profile", c, t, capture_json=False))
+    return 0
 
 
 if __name__ == "__main__":
