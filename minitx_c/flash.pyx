@@ -17,12 +17,17 @@ backward one task per (batch x KV head), since the query heads of a GQA group al
 their KV head's dK, dV.
 Scratch memory is allocated by NumPy before the GIL is released, one slice per thread, so the
 kernels never allocate. Inputs are validated and made contiguous first.
+NaN (issue 14, masks.py): a pair masked by the window rule or a -inf bias never contributes, NaN
+or not. Masked scores are set to -inf (forward) or masked probabilities to exactly 0 (backward,
+the tile M of allowed pairs); operands whose rows hold NaN/inf (V in the forward; Q, K, dO in the
+backward) are packed with those entries as 0 and flagged, and each flagged row is added back pair
+by pair where allowed -- the twin of masks.matmul_allowed. The row max and exp propagate NaN.
 """
 cimport cython
 import numpy as np
 cimport numpy as cnp
 from cython.parallel cimport prange
-from libc.math cimport INFINITY, exp, log
+from libc.math cimport INFINITY, exp, isfinite, log
 from libc.string cimport memset
 
 from minitx_c.omp cimport mtx_get_max_threads, mtx_get_thread_num
@@ -55,6 +60,7 @@ cdef struct Shape:
     Py_ssize_t B, Hq, Hkv, G, Nq, Nk, d, dp, Br, Bc, Brp, Bcp, Tr, Tc, Bb, Hb
     Py_ssize_t left, right          # window, -1 = unbounded (masks.resolve_window)
     double scale
+    bint nonfinite                  # backward: q, k, v or do holds NaN/inf (masks needed)
 
 
 def simd_enabled():
@@ -76,6 +82,20 @@ cdef inline bint _allowed(const Shape *s, Py_ssize_t r, Py_ssize_t c) noexcept n
     if s.right >= 0 and c > pos + s.right:
         return False
     return True
+
+
+cdef inline bint _ok(const Shape *s, const real *biash, Py_ssize_t r, Py_ssize_t c) noexcept nogil:
+    """Pair (r, c) is allowed: by the window rule and by the bias (-inf masks), masks.tile_allowed."""
+    if not _allowed(s, r, c):
+        return False
+    return biash == NULL or biash[r * s.Nk + c] != -INFINITY
+
+
+cdef inline real _nanmax(real a, real b) noexcept nogil:
+    """max(a, b), NaN if either is NaN (np.maximum's rule; C's a > b ? a : b drops NaN)."""
+    if a != a or b != b:
+        return a + b
+    return a if a > b else b
 
 
 cdef inline int _tile_kind(const Shape *s, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t c0,
@@ -105,39 +125,52 @@ cdef inline void _gemm(int acc, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const 
 
 @cython.wraparound(False)
 cdef void _pack_rows(const real *X, Py_ssize_t N, Py_ssize_t d, Py_ssize_t Bx, Py_ssize_t Bxp,
-                     Py_ssize_t dp, real mult, real *out) noexcept nogil:
+                     Py_ssize_t dp, real mult, real *out, real *bad) noexcept nogil:
     """X (N, d) -> out (T, Bxp, dp): block t holds rows [t Bx, t Bx + Bx) times mult, zero-padded.
-    `out` must be zeroed by the caller."""
+    `out` must be zeroed by the caller. With `bad` (N flags, zeroed by the caller), non-finite
+    entries are packed as 0 and bad[n] = 1 marks their row (added back where allowed)."""
     cdef Py_ssize_t n, t
+    cdef real x
     for n in range(N):
         for t in range(d):
-            out[((n // Bx) * Bxp + n % Bx) * dp + t] = mult * X[n * d + t]
+            x = mult * X[n * d + t]
+            if bad != NULL and not isfinite(x):
+                bad[n] = 1
+                x = 0
+            out[((n // Bx) * Bxp + n % Bx) * dp + t] = x
 
 
 @cython.wraparound(False)
 cdef void _pack_cols(const real *X, Py_ssize_t N, Py_ssize_t d, Py_ssize_t Bx, Py_ssize_t Bxp,
-                     Py_ssize_t dp, real mult, real *out) noexcept nogil:
+                     Py_ssize_t dp, real mult, real *out, real *bad) noexcept nogil:
     """X (N, d) -> out (T, dp, Bxp): block t holds X[t Bx : t Bx + Bx]^T times mult, zero-padded.
-    `out` must be zeroed by the caller."""
+    `out` must be zeroed by the caller; `bad` as in _pack_rows."""
     cdef Py_ssize_t n, t
+    cdef real x
     for n in range(N):
         for t in range(d):
-            out[((n // Bx) * dp + t) * Bxp + n % Bx] = mult * X[n * d + t]
+            x = mult * X[n * d + t]
+            if bad != NULL and not isfinite(x):
+                bad[n] = 1
+                x = 0
+            out[((n // Bx) * dp + t) * Bxp + n % Bx] = x
 
 
 # ------------------------------------------------------------------ forward (Algorithm 1)
 
 @cython.wraparound(False)
 cdef void _fwd_q_block(const Shape *s, const real *Qh, const real *KTh, const real *Vh,
-                       const real *biash, Py_ssize_t i, real *Qi, real *S, real *Oi, real *m,
-                       real *l, real *Oh, real *Lh) noexcept nogil:
+                       const real *vh, const real *vbad, const real *biash, Py_ssize_t i,
+                       real *Qi, real *S, real *Oi, real *m, real *l, real *Oh,
+                       real *Lh) noexcept nogil:
     """One Q block of one head: Alg1 lines 4-14. Qh, Oh (Nq, d); Lh (Nq,); KTh (Tc, dp, Bcp) and
-    Vh (Tc, Bcp, dp) packed; biash (Nq, Nk) or NULL. Qi, S, Oi, m, l: scratch tiles."""
+    Vh (Tc, Bcp, dp) packed (non-finite V entries as 0, flagged in vbad (Nk,); vh (Nk, d) is V
+    itself); biash (Nq, Nk) or NULL. Qi, S, Oi, m, l: scratch tiles."""
     cdef Py_ssize_t Br = s.Br, Bc = s.Bc, Brp = s.Brp, Bcp = s.Bcp, d = s.d, dp = s.dp
     cdef Py_ssize_t r0 = i * Br, r1 = min(r0 + Br, s.Nq), nr = r1 - r0
     cdef Py_ssize_t j, c0, c1, nc, r, c, t
     cdef int kind
-    cdef real mx, m_new, m_use, alpha, rowsum, inv
+    cdef real mx, m_new, m_use, alpha, rowsum, inv, bv
     cdef real *Sr
     memset(Qi, 0, Brp * d * sizeof(real))                     # Alg1 l.4: load Q_i (scaled)
     for r in range(nr):
@@ -159,7 +192,8 @@ cdef void _fwd_q_block(const Shape *s, const real *Qh, const real *KTh, const re
             Sr = S + r * Bcp
             if biash != NULL:
                 for c in range(nc):
-                    Sr[c] += biash[(r0 + r) * s.Nk + c0 + c]
+                    bv = biash[(r0 + r) * s.Nk + c0 + c]
+                    Sr[c] = -INFINITY if bv == -INFINITY else Sr[c] + bv   # -inf even if S NaN
             if kind == PARTIAL:
                 for c in range(nc):
                     if not _allowed(s, r0 + r, c0 + c):
@@ -168,8 +202,8 @@ cdef void _fwd_q_block(const Shape *s, const real *Qh, const real *KTh, const re
                 mx = mtx_rowmax_f(Sr, <int>nc)
             else:
                 mx = mtx_rowmax_d(Sr, <int>nc)
-            m_new = max(m[r], mx)                             # Alg1 l.9: m = max(m, rowmax S)
-            m_use = m_new if m_new > -INFINITY else 0         # all masked so far: exp(-inf) = 0
+            m_new = _nanmax(m[r], mx)                         # Alg1 l.9: m = max(m, rowmax S)
+            m_use = 0 if m_new == -INFINITY else m_new        # all masked so far: exp(-inf) = 0
             if real is float:                                 # Alg1 l.9: P = exp(S - m), rowsum
                 rowsum = mtx_exp_shift_sum_f(Sr, m_use, <int>nc)
             else:
@@ -183,16 +217,24 @@ cdef void _fwd_q_block(const Shape *s, const real *Qh, const real *KTh, const re
                     Oi[r * dp + t] *= alpha
             m[r] = m_new
         _gemm(1, Brp, dp, Bcp, S, Bcp, Vh + j * Bcp * dp, dp, Oi, dp)  # Alg1 l.10: ... + P V_j
+        for c in range(nc):                                   # non-finite V rows, allowed pairs
+            if vbad[c0 + c] != 0:
+                for r in range(nr):
+                    if _ok(s, biash, r0 + r, c0 + c):
+                        for t in range(d):
+                            bv = vh[(c0 + c) * d + t]
+                            if not isfinite(bv):              # (finite ones are in the GEMM)
+                                Oi[r * dp + t] += S[r * Bcp + c] * bv
     for r in range(nr):
-        if l[r] > 0:
+        if m[r] == -INFINITY:                                 # nothing to attend to
+            for t in range(d):
+                Oh[(r0 + r) * d + t] = 0
+            Lh[r0 + r] = INFINITY
+        else:                                                 # (NaN rows stay NaN)
             inv = 1 / l[r]
             for t in range(d):                                # Alg1 l.12: O = diag(l)^-1 O
                 Oh[(r0 + r) * d + t] = Oi[r * dp + t] * inv
             Lh[r0 + r] = m[r] + log(l[r])                     # Alg1 l.13: L = m + log(l)
-        else:                                                 # nothing to attend to
-            for t in range(d):
-                Oh[(r0 + r) * d + t] = 0
-            Lh[r0 + r] = INFINITY
 
 
 cdef inline Py_ssize_t _fwd_scratch(const Shape *s) noexcept nogil:
@@ -202,17 +244,19 @@ cdef inline Py_ssize_t _fwd_scratch(const Shape *s) noexcept nogil:
 
 @cython.wraparound(False)
 cdef void _fwd(const Shape *s, const real *q, const real *k, const real *v, const real *bias,
-               real *KT, real *Vp, real *scratch, int nthreads, real *o,
+               real *KT, real *Vp, real *vbad, real *scratch, int nthreads, real *o,
                real *L) noexcept nogil:
-    """All heads: pack K^T and V per KV head, then one task per (b, h, Q block); each thread
-    works in its own slice of `scratch` (nthreads x _fwd_scratch)."""
+    """All heads: pack K^T and V per KV head (vbad: B Hkv Nk zeroed flags of non-finite V rows),
+    then one task per (b, h, Q block); each thread works in its own slice of `scratch`
+    (nthreads x _fwd_scratch)."""
     cdef Py_ssize_t Nq = s.Nq, Nk = s.Nk, d = s.d, kvsize = s.Tc * s.Bcp * s.dp
     cdef Py_ssize_t bh, task, b, h, hk, i
     cdef const real *biash
     cdef real *Qi
     for bh in prange(s.B * s.Hkv, schedule="static", num_threads=nthreads):
-        _pack_cols(k + bh * Nk * d, Nk, d, s.Bc, s.Bcp, s.dp, <real>1, KT + bh * kvsize)
-        _pack_rows(v + bh * Nk * d, Nk, d, s.Bc, s.Bcp, s.dp, <real>1, Vp + bh * kvsize)
+        _pack_cols(k + bh * Nk * d, Nk, d, s.Bc, s.Bcp, s.dp, <real>1, KT + bh * kvsize, NULL)
+        _pack_rows(v + bh * Nk * d, Nk, d, s.Bc, s.Bcp, s.dp, <real>1, Vp + bh * kvsize,
+                   vbad + bh * Nk)
     for task in prange(s.B * s.Hq * s.Tr, schedule="dynamic", num_threads=nthreads):
         i = task % s.Tr                                       # Alg1 l.3, in parallel
         h = (task // s.Tr) % s.Hq
@@ -223,7 +267,8 @@ cdef void _fwd(const Shape *s, const real *q, const real *k, const real *v, cons
             biash = bias + ((b if s.Bb > 1 else 0) * s.Hb + (h if s.Hb > 1 else 0)) * Nq * Nk
         Qi = scratch + mtx_get_thread_num() * _fwd_scratch(s)
         _fwd_q_block(s, q + (b * s.Hq + h) * Nq * d, KT + (b * s.Hkv + hk) * kvsize,
-                     Vp + (b * s.Hkv + hk) * kvsize, biash, i, Qi, Qi + s.Brp * d,
+                     Vp + (b * s.Hkv + hk) * kvsize, v + (b * s.Hkv + hk) * Nk * d,
+                     vbad + (b * s.Hkv + hk) * Nk, biash, i, Qi, Qi + s.Brp * d,
                      Qi + s.Brp * d + s.Brp * s.Bcp,
                      Qi + s.Brp * d + s.Brp * s.Bcp + s.Brp * s.dp,
                      Qi + s.Brp * d + s.Brp * s.Bcp + s.Brp * s.dp + s.Brp,
@@ -234,20 +279,34 @@ cdef void _fwd(const Shape *s, const real *q, const real *k, const real *v, cons
 
 cdef inline Py_ssize_t _bwd_scratch(const Shape *s) noexcept nogil:
     """Scratch floats per thread for the backward of one KV head: packed K, K^T, V, dK, dV
-    panels, packed Q, Q^T, dO, dO^T, dQ^T panels, L and D, and the P^T, dS^T tiles."""
-    return (5 * s.Tc * s.Bcp * s.dp + 5 * s.Tr * s.Brp * s.dp + 2 * s.Tr * s.Brp
-            + 2 * s.Bcp * s.Brp)
+    panels, packed Q, Q^T, dO, dO^T, dQ^T panels, L, D and the non-finite-row flags of Q, dO
+    and K, and the P^T, dS^T and allowed-pair (M^T) tiles."""
+    return (5 * s.Tc * s.Bcp * s.dp + 5 * s.Tr * s.Brp * s.dp + 4 * s.Tr * s.Brp
+            + s.Tc * s.Bcp + 3 * s.Bcp * s.Brp)
 
 
 @cython.wraparound(False)
 cdef void _bwd_tile(const Shape *s, int kind, Py_ssize_t r0, Py_ssize_t nr, Py_ssize_t c0,
                     Py_ssize_t nc, const real *biash, const real *Kj, const real *KTj,
                     const real *Vj, const real *Qi, const real *QTi, const real *dOi,
-                    const real *dOTi, const real *Li, const real *Di, real *PT, real *dPT,
-                    real *dKj, real *dVj, real *dQTi) noexcept nogil:
-    """Alg2 lines 10-16 for tile (i, j), on transposed tiles (keys as rows)."""
-    cdef Py_ssize_t Brp = s.Brp, Bcp = s.Bcp, d = s.d, dp = s.dp, r, c
+                    const real *dOTi, const real *Li, const real *Di, const real *qh,
+                    const real *doh, const real *kh, const real *qbad, const real *dobad,
+                    const real *kbad, real *PT, real *dPT, real *MT, real *dKj, real *dVj,
+                    real *dQTi) noexcept nogil:
+    """Alg2 lines 10-16 for tile (i, j), on transposed tiles (keys as rows). Qi, KTj, dOi are
+    packed with non-finite entries as 0; qbad, dobad (Nq,) and kbad (Nk,) flag those rows of
+    qh, doh (Nq, d) and kh (Nk, d), which are added back over allowed pairs only."""
+    cdef Py_ssize_t Brp = s.Brp, Bcp = s.Bcp, d = s.d, dp = s.dp, r, c, t
+    cdef bint masked = kind == PARTIAL or biash != NULL
+    cdef bint use_mask = masked or s.nonfinite        # with finite inputs, exp(-inf) and L = inf
+    cdef real x                                       # already give 0 on padding rows
     cdef real *row
+    cdef real *mrow
+    if use_mask:
+        for c in range(Bcp):                                  # M^T: 1 where (r, c) is allowed
+            mrow = MT + c * Brp
+            for r in range(Brp):
+                mrow[r] = c < nc and r < nr and (not masked or _ok(s, biash, r0 + r, c0 + c))
     _gemm(0, Bcp, Brp, d, Kj, dp, QTi, Brp, PT, Brp)          # Alg2 l.10: S^T = K_j Q_i^T
     for c in range(Bcp):
         row = PT + c * Brp
@@ -257,22 +316,51 @@ cdef void _bwd_tile(const Shape *s, int kind, Py_ssize_t r0, Py_ssize_t nr, Py_s
         if biash != NULL:
             for r in range(nr):
                 row[r] += biash[(r0 + r) * s.Nk + c0 + c]
-        if kind == PARTIAL:
-            for r in range(nr):
-                if not _allowed(s, r0 + r, c0 + c):
-                    row[r] = -INFINITY
         if real is float:                                     # Alg2 l.11: P = exp(S - L_i)
-            mtx_exp_minus_f(row, Li, <int>Brp)                # (L = +inf on padding rows: P = 0)
+            mtx_exp_minus_f(row, Li, <int>Brp)
         else:
             mtx_exp_minus_d(row, Li, <int>Brp)
+        if use_mask:
+            mrow = MT + c * Brp
+            for r in range(Brp):                              # exactly 0 where masked or
+                row[r] = row[r] if mrow[r] != 0 else 0        # padding, even if S or L is NaN
     _gemm(1, Bcp, dp, Brp, PT, Brp, dOi, dp, dVj, dp)         # Alg2 l.12: dV_j += P^T dO_i
+    for r in range(nr):                                       # ... + non-finite dO rows
+        if dobad[r0 + r] != 0:
+            for c in range(nc):
+                if MT[c * Brp + r] != 0:
+                    for t in range(d):
+                        x = doh[(r0 + r) * d + t]
+                        if not isfinite(x):                   # (finite ones are in the GEMM)
+                            dVj[c * dp + t] += PT[c * Brp + r] * x
     _gemm(0, Bcp, Brp, d, Vj, dp, dOTi, Brp, dPT, Brp)        # Alg2 l.13: dP^T = V_j dO_i^T
     for c in range(Bcp):                                      # Alg2 l.14: dS = P * (dP - D_i)
         row = dPT + c * Brp
-        for r in range(Brp):
-            row[r] = PT[c * Brp + r] * (row[r] - Di[r])
+        if use_mask:                                          # (0 where masked, NaN or not)
+            mrow = MT + c * Brp
+            for r in range(Brp):
+                row[r] = PT[c * Brp + r] * (row[r] - Di[r]) if mrow[r] != 0 else 0
+        else:
+            for r in range(Brp):
+                row[r] = PT[c * Brp + r] * (row[r] - Di[r])
     _gemm(1, Bcp, dp, Brp, dPT, Brp, Qi, dp, dKj, dp)         # Alg2 l.16: dK_j += dS^T Q_i
+    for r in range(nr):                                       # ... + non-finite Q rows
+        if qbad[r0 + r] != 0:
+            for c in range(nc):
+                if MT[c * Brp + r] != 0:
+                    for t in range(d):
+                        x = <real>s.scale * qh[(r0 + r) * d + t]
+                        if not isfinite(x):
+                            dKj[c * dp + t] += dPT[c * Brp + r] * x
     _gemm(1, dp, Brp, Bcp, KTj, Bcp, dPT, Brp, dQTi, Brp)     # Alg2 l.15: dQ_i^T += K_j^T dS^T
+    for c in range(nc):                                       # ... + non-finite K rows
+        if kbad[c0 + c] != 0:
+            for r in range(nr):
+                if MT[c * Brp + r] != 0:
+                    for t in range(d):
+                        x = kh[(c0 + c) * d + t]
+                        if not isfinite(x):
+                            dQTi[t * Brp + r] += x * dPT[c * Brp + r]
 
 
 @cython.wraparound(False)
@@ -303,12 +391,16 @@ cdef void _bwd_kv_head(const Shape *s, Py_ssize_t b, Py_ssize_t hk, const real *
     cdef real *dQT = dOTp + qsize
     cdef real *Lp = dQT + qsize
     cdef real *Dp = Lp + s.Tr * Brp
-    cdef real *PT = Dp + s.Tr * Brp
+    cdef real *qbad = Dp + s.Tr * Brp                         # flags of non-finite rows
+    cdef real *dobad = qbad + s.Tr * Brp
+    cdef real *kbad = dobad + s.Tr * Brp
+    cdef real *PT = kbad + s.Tc * Bcp
     cdef real *dPT = PT + tile
-    n = (b * s.Hkv + hk) * Nk * d
-    _pack_rows(k + n, Nk, d, s.Bc, Bcp, dp, <real>1, Kp)      # Alg2 l.6: load K_j, V_j (all j)
-    _pack_cols(k + n, Nk, d, s.Bc, Bcp, dp, <real>1, KTp)
-    _pack_rows(v + n, Nk, d, s.Bc, Bcp, dp, <real>1, Vp)
+    cdef real *MT = dPT + tile
+    cdef const real *kh = k + (b * s.Hkv + hk) * Nk * d
+    _pack_rows(kh, Nk, d, s.Bc, Bcp, dp, <real>1, Kp, NULL)   # Alg2 l.6: load K_j, V_j (all j)
+    _pack_cols(kh, Nk, d, s.Bc, Bcp, dp, <real>1, KTp, kbad)  # (K^T only feeds dQ: flagged)
+    _pack_rows(v + (b * s.Hkv + hk) * Nk * d, Nk, d, s.Bc, Bcp, dp, <real>1, Vp, NULL)
     for g in range(s.G):
         h = hk * s.G + g
         n = (b * s.Hq + h) * Nq * d
@@ -317,10 +409,11 @@ cdef void _bwd_kv_head(const Shape *s, Py_ssize_t b, Py_ssize_t hk, const real *
         if bias != NULL:
             biash = bias + ((b if s.Bb > 1 else 0) * s.Hb + (h if s.Hb > 1 else 0)) * Nq * Nk
         memset(Qp, 0, 5 * qsize * sizeof(real))               # Qp, QTp, dOp, dOTp, dQT
-        _pack_rows(qh, Nq, d, s.Br, Brp, dp, <real>s.scale, Qp)   # Q_i scaled: S = (scale Q) K^T
-        _pack_cols(qh, Nq, d, s.Br, Brp, dp, <real>s.scale, QTp)
-        _pack_rows(doh, Nq, d, s.Br, Brp, dp, <real>1, dOp)
-        _pack_cols(doh, Nq, d, s.Br, Brp, dp, <real>1, dOTp)
+        memset(qbad, 0, 2 * s.Tr * Brp * sizeof(real))        # qbad, dobad
+        _pack_rows(qh, Nq, d, s.Br, Brp, dp, <real>s.scale, Qp, qbad)   # Q_i scaled: S = (scale Q) K^T
+        _pack_cols(qh, Nq, d, s.Br, Brp, dp, <real>s.scale, QTp, NULL)  # (Q rows feed dK: flagged)
+        _pack_rows(doh, Nq, d, s.Br, Brp, dp, <real>1, dOp, dobad)      # (dO rows feed dV: flagged)
+        _pack_cols(doh, Nq, d, s.Br, Brp, dp, <real>1, dOTp, NULL)
         for r in range(s.Tr * Brp):
             Lp[r] = INFINITY                                  # padding rows: P = exp(-inf) = 0
             Dp[r] = 0
@@ -342,8 +435,9 @@ cdef void _bwd_kv_head(const Shape *s, Py_ssize_t b, Py_ssize_t hk, const real *
                 _bwd_tile(s, kind, r0, r1 - r0, c0, c1 - c0, biash,
                           Kp + j * Bcp * dp, KTp + j * dp * Bcp, Vp + j * Bcp * dp,
                           Qp + i * Brp * dp, QTp + i * dp * Brp, dOp + i * Brp * dp,
-                          dOTp + i * dp * Brp, Lp + i * Brp, Dp + i * Brp, PT, dPT,
-                          dKp + j * Bcp * dp, dVp + j * Bcp * dp, dQT + i * dp * Brp)
+                          dOTp + i * dp * Brp, Lp + i * Brp, Dp + i * Brp, qh, doh, kh, qbad,
+                          dobad, kbad, PT, dPT, MT, dKp + j * Bcp * dp, dVp + j * Bcp * dp,
+                          dQT + i * dp * Brp)
         for r in range(Nq):                                   # write dQ_i = scale (dQ_i^T)^T
             for t in range(d):
                 dq[n + r * d + t] = <real>s.scale * dQT[((r // s.Br) * dp + t) * Brp + r % s.Br]
@@ -379,6 +473,7 @@ cdef Shape _shape(q, k, v, bias, scale, is_causal, window, Br, Bc) except *:
         if blk is None:                 # check_qkv lets None through (the NumPy default)
             raise ValueError(f"block size {name} must be an int >= 1, got None")
     s.B, s.Hq, s.Hkv, s.Nq, s.Nk, s.d, s.scale = check_qkv(q, k, v, bias, scale, Br, Bc)
+    s.nonfinite = False
     s.G = s.Hq // s.Hkv
     s.Bb, s.Hb = (1, 1) if bias is None else bias.shape[:2]
     s.left, s.right = resolve_window(is_causal, window)
@@ -409,12 +504,13 @@ def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None,
     L = np.empty(q.shape[:3], dtype=q.dtype)
     KT = np.zeros(s.B * s.Hkv * s.Tc * s.Bcp * s.dp, dtype=q.dtype)   # packed K_j^T panels
     Vp = np.zeros(s.B * s.Hkv * s.Tc * s.Bcp * s.dp, dtype=q.dtype)   # packed V_j panels
+    vbad = np.zeros(s.B * s.Hkv * s.Nk, dtype=q.dtype)                # flags: non-finite V rows
     cdef int nthreads = max(1, mtx_get_max_threads())
     scratch = np.empty(nthreads * _fwd_scratch(&s), dtype=q.dtype)   # per-thread tiles
     if q.dtype == np.float32:
-        _fwd_entry[float](&s, q, k, v, bias, KT, Vp, scratch, nthreads, o, L)
+        _fwd_entry[float](&s, q, k, v, bias, KT, Vp, vbad, scratch, nthreads, o, L)
     else:
-        _fwd_entry[double](&s, q, k, v, bias, KT, Vp, scratch, nthreads, o, L)
+        _fwd_entry[double](&s, q, k, v, bias, KT, Vp, vbad, scratch, nthreads, o, L)
     return o, L
 
 
@@ -438,6 +534,7 @@ def flash2_backward(q, k, v, bias, o, L, do, scale=None, is_causal=False, window
         raise ValueError(f"o {o.shape} and do {do.shape} must be {q.shape}, L {L.shape} must be "
                          f"{q.shape[:3]}")
     q, k, v, o, L, do = (np.ascontiguousarray(a) for a in (q, k, v, o, L, do))
+    s.nonfinite = not all(np.isfinite(a).all() for a in (q, k, v, do))
     if bias is not None:
         bias = np.ascontiguousarray(bias)
     dq = np.empty(q.shape, dtype=q.dtype)
@@ -457,7 +554,7 @@ def flash2_backward(q, k, v, bias, o, L, do, scale=None, is_causal=False, window
 
 cdef void _fwd_entry(const Shape *s, const real[:, :, :, ::1] q, const real[:, :, :, ::1] k,
                      const real[:, :, :, ::1] v, bias, real[::1] KT, real[::1] Vp,
-                     real[::1] scratch, int nthreads, real[:, :, :, ::1] o,
+                     real[::1] vbad, real[::1] scratch, int nthreads, real[:, :, :, ::1] o,
                      real[:, :, ::1] L) except *:
     cdef const real[:, :, :, ::1] b4
     cdef const real *bp = NULL
@@ -465,8 +562,8 @@ cdef void _fwd_entry(const Shape *s, const real[:, :, :, ::1] q, const real[:, :
         b4 = bias
         bp = &b4[0, 0, 0, 0]
     with nogil:
-        _fwd(s, &q[0, 0, 0, 0], &k[0, 0, 0, 0], &v[0, 0, 0, 0], bp, &KT[0], &Vp[0], &scratch[0],
-             nthreads, &o[0, 0, 0, 0], &L[0, 0, 0])
+        _fwd(s, &q[0, 0, 0, 0], &k[0, 0, 0, 0], &v[0, 0, 0, 0], bp, &KT[0], &Vp[0], &vbad[0],
+             &scratch[0], nthreads, &o[0, 0, 0, 0], &L[0, 0, 0])
 
 
 cdef void _bwd_entry(const Shape *s, const real[:, :, :, ::1] q, const real[:, :, :, ::1] k,

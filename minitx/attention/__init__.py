@@ -55,7 +55,7 @@ class _Attention(Function):
         ctx.opts = dict(scale=scale, is_causal=is_causal, window=window)
         if impl == "naive":
             o, P = naive_forward(q, k, v, bias, dropout_mask=dropout_mask, **ctx.opts)
-            ctx.save_for_backward(q, k, v, P)
+            ctx.save_for_backward(q, k, v, bias, P)
         elif impl == "flash1":
             o, m, l = flash1_forward(q, k, v, bias, **ctx.opts)
             ctx.save_for_backward(q, k, v, bias, o, m, l)
@@ -70,9 +70,9 @@ class _Attention(Function):
         qshape, kshape = ctx.shapes
         do = np.ascontiguousarray(_to4d(grad_out), dtype=ctx.saved_tensors[0].dtype)
         if ctx.impl == "naive":
-            q, k, v, P = ctx.saved_tensors
-            dq, dk, dv = naive_backward(q, k, v, P, do, scale=ctx.opts["scale"],
-                                        dropout_mask=ctx.dropout_mask)
+            q, k, v, bias, P = ctx.saved_tensors
+            dq, dk, dv = naive_backward(q, k, v, P, do, dropout_mask=ctx.dropout_mask, bias=bias,
+                                        **ctx.opts)
         elif ctx.impl == "flash1":
             q, k, v, bias, o, m, l = ctx.saved_tensors
             dq, dk, dv = flash1_backward(q, k, v, bias, o, m, l, do, **ctx.opts)
@@ -119,7 +119,9 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
       - `window=(left, right)`: sliding window, -1/None for unbounded (flash-attn's window_size);
       - `is_causal` is aligned bottom-right when Nq != Nk (flash-attn >= 2.1; PyTorch aligns
         top-left), so a decoding step with Nq = 1 sees all Nk cached keys;
-      - a query row with no allowed key gives zeros (not NaN).
+      - a query row with no allowed key gives zeros (not NaN);
+      - NaN in query, key or value spreads from every pair the mask allows and from no other
+        (masked pairs and skipped tiles never contribute), forward and backward (masks.py).
     Args:
         query: Tensor or ndarray (..., Hq, Nq, d); key, value: (..., Hkv, Nk, d), same leading
             dims; Hq == Hkv unless enable_gqa (then Hq a multiple of Hkv, PyTorch's grouping).

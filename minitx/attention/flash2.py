@@ -15,23 +15,35 @@ over them); the Cython twin `minitx_c.flash` loops over them explicitly with the
 
 Extras that the real kernel has: a scale, bottom-right causal masks and sliding windows with
 whole tiles skipped (`masks.tile_kind`), additive bias, GQA, blocks that need not divide N, and
-rows with nothing to attend to giving O = 0, L = +inf.
+rows with nothing to attend to giving O = 0, L = +inf, and issue 14's NaN rule: NaN spreads from
+allowed pairs only, never from masked pairs or skipped tiles (masks.py, `matmul_allowed`).
 """
 import numpy as np
 
 from minitx.attention.checks import check_qkv, group_bias, group_heads
-from minitx.attention.masks import allowed, resolve_window, tile_kind
+from minitx.attention.masks import matmul_allowed, resolve_window, tile_allowed, tile_kind
 
 
 def _score_tile(Qi, Kj, bg, r0, r1, c0, c1, kind, scale, Nq, Nk, left, right):
-    """S = scale * Q_i K_j^T + bias tile, with -inf where the mask forbids. (..., Br, Bc)"""
+    """S = scale * Q_i K_j^T + bias tile, -inf where the mask forbids (even where the product is
+    NaN), and the tile's allowed pairs (None if all are allowed; see masks.tile_allowed).
+
+    Returns:
+        S (..., Br, Bc) and ok (None or bool broadcastable to S).
+    """
     S = scale * (Qi @ Kj.swapaxes(-1, -2))                     # (B, Hkv, G, Br, Bc)
     if bg is not None:
         S = S + bg[..., r0:r1, c0:c1]
-    if kind == "partial":
-        ok = allowed(np.arange(r0, r1), np.arange(c0, c1), Nq, Nk, left, right)
+    ok = tile_allowed(bg, r0, r1, c0, c1, kind, Nq, Nk, left, right)
+    if ok is not None:
         S = np.where(ok, S, -np.inf)
-    return S
+    return S, ok
+
+
+def _shift(m):
+    """The max to subtract in exp(S - m): 0 for a row with nothing allowed yet (m = -inf), so
+    that exp(-inf - 0) = 0; NaN stays NaN and poisons the row (issue 14's rule)."""
+    return np.where(m == -np.inf, 0, m)
 
 
 def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None, Br=96, Bc=96):
@@ -66,19 +78,18 @@ def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None,
             if kind == "skip":                                 # causal/window block skipping
                 continue
             Kj, Vj = kg[..., c0:c1, :], vg[..., c0:c1, :]      # Alg1 l.7: load K_j, V_j
-            S = _score_tile(Qi, Kj, bg, r0, r1, c0, c1, kind,  # Alg1 l.8: S = Q_i K_j^T
-                            scale, Nq, Nk, left, right)        # (B, Hkv, G, Br, Bc)
+            S, ok = _score_tile(Qi, Kj, bg, r0, r1, c0, c1,    # Alg1 l.8: S = Q_i K_j^T
+                                kind, scale, Nq, Nk, left, right)   # (B, Hkv, G, Br, Bc)
             m_new = np.maximum(mi, S.max(axis=-1, keepdims=True))   # Alg1 l.9: m = max(m, rowmax S)
-            m_use = np.where(np.isfinite(m_new), m_new, 0)     # all masked so far: exp(-inf) = 0
+            m_use = _shift(m_new)                              # all masked so far: exp(-inf) = 0
             P = np.exp(S - m_use)                              # Alg1 l.9: P = exp(S - m)
             alpha = np.exp(mi - m_use)                         # exp(m_old - m_new)
             li = alpha * li + P.sum(axis=-1, keepdims=True)    # Alg1 l.9: l = e^(..) l + rowsum P
-            Oi = alpha * Oi + P @ Vj                           # Alg1 l.10: O = diag(e^(..)) O + P V_j
+            Oi = alpha * Oi + matmul_allowed(P, Vj, ok)        # Alg1 l.10: O = diag(e^(..)) O + P V_j
             mi = m_new
-        ok = li > 0
-        o[..., r0:r1, :] = np.where(ok, Oi / np.where(ok, li, 1), 0)  # Alg1 l.12: O = diag(l)^-1 O
-        with np.errstate(divide="ignore"):
-            Li = np.where(ok, mi + np.log(np.where(ok, li, 1)), np.inf)  # Alg1 l.13: L = m + log l
+        dead = mi == -np.inf                                   # rows that saw no allowed key
+        o[..., r0:r1, :] = np.where(dead, 0, Oi / np.where(dead, 1, li))  # Alg1 l.12: diag(l)^-1 O
+        Li = np.where(dead, np.inf, mi + np.log(np.where(dead, 1, li)))  # Alg1 l.13: L = m + log l
         L[..., r0:r1] = Li[..., 0]
     return o.reshape(q.shape), L.reshape(B, Hq, Nq)
 
@@ -118,14 +129,20 @@ def flash2_backward(q, k, v, bias, o, L, do, scale=None, is_causal=False, window
             if kind == "skip":
                 continue
             Qi, dOi = qg[..., r0:r1, :], dog[..., r0:r1, :]    # Alg2 l.9: load Q_i, dO_i, L_i, D_i
-            S = _score_tile(Qi, Kj, bg, r0, r1, c0, c1, kind,  # Alg2 l.10: S = Q_i K_j^T
-                            scale, Nq, Nk, left, right)        # (B, Hkv, G, Br, Bc)
+            S, ok = _score_tile(Qi, Kj, bg, r0, r1, c0, c1,    # Alg2 l.10: S = Q_i K_j^T
+                                kind, scale, Nq, Nk, left, right)   # (B, Hkv, G, Br, Bc)
             P = np.exp(S - Lg[..., r0:r1, :])                  # Alg2 l.11: P = exp(S - L_i)
-            dVj += (P.swapaxes(-1, -2) @ dOi).sum(axis=2, keepdims=True)  # Alg2 l.12: dV_j += P^T dO_i
             dP = dOi @ Vj.swapaxes(-1, -2)                     # Alg2 l.13: dP = dO_i V_j^T
             dS = P * (dP - D[..., r0:r1, :])                   # Alg2 l.14: dS = P * (dP - D_i)
-            dq[..., r0:r1, :] += scale * (dS @ Kj)             # Alg2 l.15: dQ_i += dS K_j
-            dKj += scale * (dS.swapaxes(-1, -2) @ Qi).sum(axis=2, keepdims=True)  # l.16: dK_j += dS^T Q_i
+            okT = None
+            if ok is not None:                                 # masked pairs: exactly 0, even
+                P, dS = np.where(ok, P, 0), np.where(ok, dS, 0)  # where L_i or D_i is NaN
+                okT = ok.swapaxes(-1, -2)
+            dVj += matmul_allowed(P.swapaxes(-1, -2), dOi,     # Alg2 l.12: dV_j += P^T dO_i
+                                  okT).sum(axis=2, keepdims=True)
+            dq[..., r0:r1, :] += scale * matmul_allowed(dS, Kj, ok)   # Alg2 l.15: dQ_i += dS K_j
+            dKj += scale * matmul_allowed(dS.swapaxes(-1, -2), Qi,   # Alg2 l.16: dK_j += dS^T Q_i
+                                          okT).sum(axis=2, keepdims=True)
         dk[:, :, c0:c1] = dKj[:, :, 0]                         # Alg2 l.18: write dK_j, dV_j
         dv[:, :, c0:c1] = dVj[:, :, 0]
     return dq.reshape(q.shape), dk, dv

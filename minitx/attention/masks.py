@@ -12,6 +12,13 @@ Conventions (shared by naive, flash1, flash2 and the Cython kernel):
     `is_causal=True` is the window (-1, 0); combined with a window it caps `right` at 0.
   - `bias` is additive, shape (Bb, Hb, Nq, Nk) with Bb in {1, B} and Hb in {1, Hq}; -inf masks.
   - A row with no allowed key (fully masked) produces zeros and logsumexp L = +inf.
+  - NaN (issue 14): a pair (i, j) is *masked* if the causal/window rule forbids it or its bias is
+    -inf (a False in a bool mask becomes -inf); every other pair is *allowed*. NaN and inf in q,
+    k, v (and in the gradient dO) propagate exactly as the dense product over the allowed pairs
+    would propagate them (PyTorch's math path); masked pairs and skipped tiles never contribute,
+    NaN or not. So a NaN key poisons every row that may see it and no other row, in the forward
+    and the backward. `tile_allowed` gives a tile's mask and `matmul_allowed` is the product that
+    keeps masked pairs out (a plain A @ B would leak 0 * NaN = NaN).
 """
 import numpy as np
 
@@ -78,6 +85,52 @@ def tile_kind(r0, r1, c0, c1, Nq, Nk, left, right):
     if left >= 0 and c0 < r1 - 1 + off - left:
         return "partial"
     return "full"
+
+
+def tile_allowed(bg, r0, r1, c0, c1, kind, Nq, Nk, left, right):
+    """The allowed pairs of one tile: window rule and bias != -inf, or None if all are allowed.
+
+    Args:
+        bg: None or a grouped bias (..., Nq, Nk) (checks.group_bias); r0, r1, c0, c1: the tile
+            rows [r0, r1) and columns [c0, c1); kind: tile_kind of the tile (not "skip");
+        Nq, Nk, left, right: as in `allowed`.
+    Returns:
+        None, or a bool array broadcastable to the tile (..., r1 - r0, c1 - c0).
+    """
+    ok = None
+    if kind == "partial":
+        ok = allowed(np.arange(r0, r1), np.arange(c0, c1), Nq, Nk, left, right)   # (Br, Bc)
+    if bg is not None:
+        live = bg[..., r0:r1, c0:c1] != -np.inf                # (.., Br, Bc)
+        if not live.all():
+            ok = live if ok is None else ok & live
+    return ok
+
+
+def matmul_allowed(A, B, ok=None):
+    """sum over c of A[..., r, c] * B[..., c, :], taken over the allowed pairs (r, c) only.
+
+    `A @ B` would let a masked pair leak NaN (0 * NaN = NaN) or mix NaN from A's masked entries
+    in. Here masked entries of A are zeroed, the non-finite entries of B are split off, and those
+    are added back pair by pair where allowed: NaN and inf in B spread exactly from allowed pairs.
+    Args:
+        A: (..., R, C); B: (..., C, d); ok: None (every pair allowed) or bool broadcastable to A.
+    Returns:
+        (..., R, d), broadcast like A @ B.
+    """
+    if ok is None:
+        return A @ B
+    A = np.where(ok, A, 0)
+    fin = np.isfinite(B)
+    if fin.all():
+        return A @ B
+    out = A @ np.where(fin, B, 0)                              # (..., R, d) finite part
+    axes = tuple(range(B.ndim - 2)) + (B.ndim - 1,)
+    bad = np.flatnonzero(~fin.all(axis=axes))                  # columns c with a non-finite B_c
+    Bbad = np.where(fin, 0, B)[..., bad, :]                    # (..., nb, d)
+    term = A[..., bad, None] * Bbad[..., None, :, :]           # (..., R, nb, d)
+    okb = np.broadcast_to(ok, A.shape)[..., bad, None]         # (..., R, nb, 1)
+    return out + np.where(okb, term, 0).sum(axis=-2)
 
 
 def mask_to_bias(attn_mask, batch_shape, Hq, Nq, Nk, dtype):
