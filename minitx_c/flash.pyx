@@ -61,6 +61,8 @@ cdef struct Shape:
     Py_ssize_t left, right          # window, -1 = unbounded (masks.resolve_window)
     double scale
     bint nonfinite                  # backward: q, k, v or do holds NaN/inf (masks needed)
+    Py_ssize_t Hl                   # block layout: 1 (shared) or Hq (per query head) layouts
+    const unsigned char *layout     # (Hl, Tr, Tc), 0 = tile never read; NULL = dense
 
 
 def simd_enabled():
@@ -160,12 +162,13 @@ cdef void _pack_cols(const real *X, Py_ssize_t N, Py_ssize_t d, Py_ssize_t Bx, P
 
 @cython.wraparound(False)
 cdef void _fwd_q_block(const Shape *s, const real *Qh, const real *KTh, const real *Vh,
-                       const real *vh, const real *vbad, const real *biash, Py_ssize_t i,
-                       real *Qi, real *S, real *Oi, real *m, real *l, real *Oh,
-                       real *Lh) noexcept nogil:
+                       const real *vh, const real *vbad, const real *biash,
+                       const unsigned char *lay, Py_ssize_t i, real *Qi, real *S, real *Oi,
+                       real *m, real *l, real *Oh, real *Lh) noexcept nogil:
     """One Q block of one head: Alg1 lines 4-14. Qh, Oh (Nq, d); Lh (Nq,); KTh (Tc, dp, Bcp) and
     Vh (Tc, Bcp, dp) packed (non-finite V entries as 0, flagged in vbad (Nk,); vh (Nk, d) is V
-    itself); biash (Nq, Nk) or NULL. Qi, S, Oi, m, l: scratch tiles."""
+    itself); biash (Nq, Nk) or NULL; lay: the layout's row i (Tc,) or NULL. Qi, S, Oi, m, l:
+    scratch tiles."""
     cdef Py_ssize_t Br = s.Br, Bc = s.Bc, Brp = s.Brp, Bcp = s.Bcp, d = s.d, dp = s.dp
     cdef Py_ssize_t r0 = i * Br, r1 = min(r0 + Br, s.Nq), nr = r1 - r0
     cdef Py_ssize_t j, c0, c1, nc, r, c, t
@@ -185,7 +188,7 @@ cdef void _fwd_q_block(const Shape *s, const real *Qh, const real *KTh, const re
         c1 = min(c0 + Bc, s.Nk)
         nc = c1 - c0
         kind = _tile_kind(s, r0, r1, c0, c1)
-        if kind == SKIP:                                      # causal/window block skipping
+        if kind == SKIP or (lay != NULL and lay[j] == 0):     # causal/window/layout skipping
             continue
         _gemm(0, Brp, Bcp, d, Qi, d, KTh + j * dp * Bcp, Bcp, S, Bcp)  # Alg1 l.8: S = Q_i K_j^T
         for r in range(nr):
@@ -252,6 +255,7 @@ cdef void _fwd(const Shape *s, const real *q, const real *k, const real *v, cons
     cdef Py_ssize_t Nq = s.Nq, Nk = s.Nk, d = s.d, kvsize = s.Tc * s.Bcp * s.dp
     cdef Py_ssize_t bh, task, b, h, hk, i
     cdef const real *biash
+    cdef const unsigned char *lay
     cdef real *Qi
     for bh in prange(s.B * s.Hkv, schedule="static", num_threads=nthreads):
         _pack_cols(k + bh * Nk * d, Nk, d, s.Bc, s.Bcp, s.dp, <real>1, KT + bh * kvsize, NULL)
@@ -265,10 +269,13 @@ cdef void _fwd(const Shape *s, const real *q, const real *k, const real *v, cons
         biash = NULL
         if bias != NULL:
             biash = bias + ((b if s.Bb > 1 else 0) * s.Hb + (h if s.Hb > 1 else 0)) * Nq * Nk
+        lay = NULL
+        if s.layout != NULL:
+            lay = s.layout + ((h if s.Hl > 1 else 0) * s.Tr + i) * s.Tc
         Qi = scratch + mtx_get_thread_num() * _fwd_scratch(s)
         _fwd_q_block(s, q + (b * s.Hq + h) * Nq * d, KT + (b * s.Hkv + hk) * kvsize,
                      Vp + (b * s.Hkv + hk) * kvsize, v + (b * s.Hkv + hk) * Nk * d,
-                     vbad + (b * s.Hkv + hk) * Nk, biash, i, Qi, Qi + s.Brp * d,
+                     vbad + (b * s.Hkv + hk) * Nk, biash, lay, i, Qi, Qi + s.Brp * d,
                      Qi + s.Brp * d + s.Brp * s.Bcp,
                      Qi + s.Brp * d + s.Brp * s.Bcp + s.Brp * s.dp,
                      Qi + s.Brp * d + s.Brp * s.Bcp + s.Brp * s.dp + s.Brp,
@@ -375,6 +382,7 @@ cdef void _bwd_kv_head(const Shape *s, Py_ssize_t b, Py_ssize_t hk, const real *
     cdef int kind
     cdef real acc
     cdef const real *biash
+    cdef const unsigned char *layh = NULL
     cdef const real *qh
     cdef const real *oh
     cdef const real *doh
@@ -408,6 +416,8 @@ cdef void _bwd_kv_head(const Shape *s, Py_ssize_t b, Py_ssize_t hk, const real *
         biash = NULL
         if bias != NULL:
             biash = bias + ((b if s.Bb > 1 else 0) * s.Hb + (h if s.Hb > 1 else 0)) * Nq * Nk
+        if s.layout != NULL:                                  # this head's layout (Tr, Tc)
+            layh = s.layout + (h if s.Hl > 1 else 0) * s.Tr * s.Tc
         memset(Qp, 0, 5 * qsize * sizeof(real))               # Qp, QTp, dOp, dOTp, dQT
         memset(qbad, 0, 2 * s.Tr * Brp * sizeof(real))        # qbad, dobad
         _pack_rows(qh, Nq, d, s.Br, Brp, dp, <real>s.scale, Qp, qbad)   # Q_i scaled: S = (scale Q) K^T
@@ -430,7 +440,7 @@ cdef void _bwd_kv_head(const Shape *s, Py_ssize_t b, Py_ssize_t hk, const real *
                 r0 = i * s.Br
                 r1 = min(r0 + s.Br, Nq)
                 kind = _tile_kind(s, r0, r1, c0, c1)
-                if kind == SKIP:
+                if kind == SKIP or (layh != NULL and layh[i * s.Tc + j] == 0):
                     continue
                 _bwd_tile(s, kind, r0, r1 - r0, c0, c1 - c0, biash,
                           Kp + j * Bcp * dp, KTp + j * dp * Bcp, Vp + j * Bcp * dp,
@@ -474,6 +484,7 @@ cdef Shape _shape(q, k, v, bias, scale, is_causal, window, Br, Bc) except *:
             raise ValueError(f"block size {name} must be an int >= 1, got None")
     s.B, s.Hq, s.Hkv, s.Nq, s.Nk, s.d, s.scale = check_qkv(q, k, v, bias, scale, Br, Bc)
     s.nonfinite = False
+    s.Hl, s.layout = 1, NULL
     s.G = s.Hq // s.Hkv
     s.Bb, s.Hb = (1, 1) if bias is None else bias.shape[:2]
     s.left, s.right = resolve_window(is_causal, window)
@@ -485,7 +496,19 @@ cdef Shape _shape(q, k, v, bias, scale, is_causal, window, Br, Bc) except *:
     return s
 
 
-def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None, Br=96, Bc=96):
+cdef object _layout(block_layout, Shape *s, Br, Bc):
+    """Validate a block layout with the reference's check_layout; return it as contiguous uint8
+    (Hl, Tr, Tc) (or None) and set s.Hl."""
+    from minitx.attention.checks import check_layout
+    lay = check_layout(block_layout, s.Hq, s.Nq, s.Nk, Br, Bc)
+    if lay is None:
+        return None
+    s.Hl = lay.shape[0]
+    return np.ascontiguousarray(lay, dtype=np.uint8)
+
+
+def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None, Br=96, Bc=96,
+                   block_layout=None):
     """FlashAttention-2 forward (Algorithm 1), twin of minitx.attention.flash2.flash2_forward.
 
     Args:
@@ -493,10 +516,17 @@ def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None,
         bias: None or additive (Bb, Hb, Nq, Nk), Bb in {1, B}, Hb in {1, Hq}.
         scale: None means 1/sqrt(d). is_causal: bottom-right aligned. window: (left, right).
         Br, Bc: block sizes (any ints >= 1).
+        block_layout: None or bool (Tr, Tc) / (1 or Hq, Tr, Tc) block-sparse layout over tiles
+            Br = Bc (checks.check_layout); tiles outside it are never read.
     Returns:
         o (B, Hq, Nq, d) and L (B, Hq, Nq) row logsumexp (+inf for fully masked rows).
     """
     cdef Shape s = _shape(q, k, v, bias, scale, is_causal, window, Br, Bc)
+    cdef const unsigned char[:, :, ::1] lay_v
+    lay = _layout(block_layout, &s, Br, Bc)                  # kept alive until the kernel returns
+    if lay is not None:
+        lay_v = lay
+        s.layout = &lay_v[0, 0, 0]
     q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))
     if bias is not None:
         bias = np.ascontiguousarray(bias)
@@ -515,17 +545,23 @@ def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None,
 
 
 def flash2_backward(q, k, v, bias, o, L, do, scale=None, is_causal=False, window=None,
-                    Br=64, Bc=192):
+                    Br=64, Bc=192, block_layout=None):
     """FlashAttention-2 backward (Algorithm 2), twin of minitx.attention.flash2.flash2_backward.
 
     Args:
         q, k, v, bias, scale, is_causal, window: as given to flash2_forward.
         Br, Bc: block sizes (independent of the forward's; taller K/V blocks suit the backward).
+        block_layout: as in flash2_forward (then Br = Bc = its block size).
         o: (B, Hq, Nq, d), L: (B, Hq, Nq) from flash2_forward; do: (B, Hq, Nq, d).
     Returns:
         dq (B, Hq, Nq, d), dk (B, Hkv, Nk, d), dv (B, Hkv, Nk, d).
     """
     cdef Shape s = _shape(q, k, v, bias, scale, is_causal, window, Br, Bc)
+    cdef const unsigned char[:, :, ::1] lay_v
+    lay = _layout(block_layout, &s, Br, Bc)                  # kept alive until the kernel returns
+    if lay is not None:
+        lay_v = lay
+        s.layout = &lay_v[0, 0, 0]
     from minitx.attention.checks import check_array
     check_array("o", o, 4, q.dtype)
     check_array("do", do, 4, q.dtype)

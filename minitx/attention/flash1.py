@@ -12,23 +12,26 @@ exactly as in flash2 (see masks.py), NaN included.
 """
 import numpy as np
 
-from minitx.attention.checks import check_qkv, group_bias, group_heads
-from minitx.attention.flash2 import _score_tile, _shift
-from minitx.attention.masks import matmul_allowed, resolve_window, tile_kind
+from minitx.attention.checks import check_layout, check_qkv, group_bias, group_heads
+from minitx.attention.flash2 import _score_tile, _shift, _tile
+from minitx.attention.masks import layout_heads, matmul_allowed, resolve_window
 
 
-def flash1_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None, Br=64, Bc=64):
+def flash1_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None, Br=64, Bc=64,
+                   block_layout=None):
     """FlashAttention-1 forward (Algorithm 1).
 
     Args:
         q: (B, Hq, Nq, d); k, v: (B, Hkv, Nk, d); bias: None or (Bb, Hb, Nq, Nk);
-        scale, is_causal, window, Br, Bc: as in flash2.flash2_forward.
+        scale, is_causal, window, Br, Bc, block_layout: as in flash2.flash2_forward.
     Returns:
         o (B, Hq, Nq, d), m (B, Hq, Nq) row max (-inf if fully masked), l (B, Hq, Nq) row sum of
         exp(S - m) (0 if fully masked).
     """
     B, Hq, Hkv, Nq, Nk, d, scale = check_qkv(q, k, v, bias, scale, Br, Bc)
     left, right = resolve_window(is_causal, window)
+    lay = check_layout(block_layout, Hq, Nq, Nk, Br, Bc)      # None or (Hl, Tr, Tc)
+    layg = None if lay is None else layout_heads(lay, Hkv)    # (1, Hkv|1, G|1, Tr, Tc)
     qg = group_heads(q, Hkv)                                   # (B, Hkv, G, Nq, d)
     kg, vg = k[:, :, None], v[:, :, None]                      # (B, Hkv, 1, Nk, d)
     bg = group_bias(bias, Hkv)
@@ -41,13 +44,13 @@ def flash1_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None,
         Kj, Vj = kg[..., c0:c1, :], vg[..., c0:c1, :]          # Alg1 l.6: load K_j, V_j
         for i in range(Tr):                                    # Alg1 l.7: for 1 <= i <= Tr
             r0, r1 = i * Br, min((i + 1) * Br, Nq)
-            kind = tile_kind(r0, r1, c0, c1, Nq, Nk, left, right)
-            if kind == "skip":
+            kind, heads = _tile(layg, i, j, r0, r1, c0, c1, Nq, Nk, left, right)
+            if kind == "skip":                                 # causal/window/layout skipping
                 continue
             Qi = qg[..., r0:r1, :]                             # Alg1 l.8: load Q_i, O_i, l_i, m_i
             Oi, li, mi = o[..., r0:r1, :], l[..., r0:r1, :], m[..., r0:r1, :]
             S, ok = _score_tile(Qi, Kj, bg, r0, r1, c0, c1,    # Alg1 l.9: S = Q_i K_j^T
-                                kind, scale, Nq, Nk, left, right)   # (B, Hkv, G, Br, Bc)
+                                kind, scale, Nq, Nk, left, right, heads)
             m_t = S.max(axis=-1, keepdims=True)                # Alg1 l.10: m~ = rowmax(S)
             P_t = np.exp(S - _shift(m_t))                      # Alg1 l.10: P~ = exp(S - m~)
             l_t = P_t.sum(axis=-1, keepdims=True)              # Alg1 l.10: l~ = rowsum(P~)
@@ -64,17 +67,20 @@ def flash1_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None,
 
 
 def flash1_backward(q, k, v, bias, o, m, l, do, scale=None, is_causal=False, window=None,
-                    Br=64, Bc=64):
+                    Br=64, Bc=64, block_layout=None):
     """FlashAttention-1 backward (Algorithm 4, without dropout): recompute P from m and l.
 
     Args:
-        q, k, v, bias, scale, is_causal, window, Br, Bc: as given to flash1_forward.
+        q, k, v, bias, scale, is_causal, window, Br, Bc, block_layout: as given to
+            flash1_forward.
         o, m, l: returned by flash1_forward; do: (B, Hq, Nq, d) gradient with respect to o.
     Returns:
         dq (B, Hq, Nq, d), dk (B, Hkv, Nk, d), dv (B, Hkv, Nk, d).
     """
     B, Hq, Hkv, Nq, Nk, d, scale = check_qkv(q, k, v, bias, scale, Br, Bc)
     left, right = resolve_window(is_causal, window)
+    lay = check_layout(block_layout, Hq, Nq, Nk, Br, Bc)      # None or (Hl, Tr, Tc)
+    layg = None if lay is None else layout_heads(lay, Hkv)    # (1, Hkv|1, G|1, Tr, Tc)
     qg, og, dog = group_heads(q, Hkv), group_heads(o, Hkv), group_heads(do, Hkv)
     mg = group_heads(m, Hkv)[..., None]                        # (B, Hkv, G, Nq, 1)
     lg = np.where(mg == -np.inf, 1, group_heads(l, Hkv)[..., None])   # fully masked: P = 0 / 1
@@ -91,12 +97,12 @@ def flash1_backward(q, k, v, bias, o, m, l, do, scale=None, is_causal=False, win
         dVj = np.zeros(Vj.shape, dtype=q.dtype)
         for i in range(Tr):                                    # Alg4 l.9: for 1 <= i <= Tr
             r0, r1 = i * Br, min((i + 1) * Br, Nq)
-            kind = tile_kind(r0, r1, c0, c1, Nq, Nk, left, right)
-            if kind == "skip":
+            kind, heads = _tile(layg, i, j, r0, r1, c0, c1, Nq, Nk, left, right)
+            if kind == "skip":                                 # causal/window/layout skipping
                 continue
             Qi, Oi, dOi = qg[..., r0:r1, :], og[..., r0:r1, :], dog[..., r0:r1, :]  # Alg4 l.10
             S, ok = _score_tile(Qi, Kj, bg, r0, r1, c0, c1,    # Alg4 l.11: S = Q_i K_j^T
-                                kind, scale, Nq, Nk, left, right)
+                                kind, scale, Nq, Nk, left, right, heads)
             P = np.exp(S - mg[..., r0:r1, :]) / lg[..., r0:r1, :]   # Alg4 l.13: P = diag(l)^-1 e^(S-m)
             dP = dOi @ Vj.swapaxes(-1, -2)                     # Alg4 l.17: dP = dO_i V_j^T
             Di = (dOi * Oi).sum(axis=-1, keepdims=True)        # Alg4 l.19: D_i = rowsum(dO_i * O_i)

@@ -13,18 +13,31 @@ in parallel), O is rescaled by exp(m_old - m_new) but divided by l only once at 
 is saved. The batch and head dims ride along as leading dims of every tile (NumPy vectorises
 over them); the Cython twin `minitx_c.flash` loops over them explicitly with the same names.
 
-Extras that the real kernel has: a scale, bottom-right causal masks and sliding windows with
+Extras that the real kernel has: block-sparse layouts (tiles outside never read), a scale, bottom-right causal masks and sliding windows with
 whole tiles skipped (`masks.tile_kind`), additive bias, GQA, blocks that need not divide N, and
 rows with nothing to attend to giving O = 0, L = +inf, and issue 14's NaN rule: NaN spreads from
 allowed pairs only, never from masked pairs or skipped tiles (masks.py, `matmul_allowed`).
 """
 import numpy as np
 
-from minitx.attention.checks import check_qkv, group_bias, group_heads
-from minitx.attention.masks import matmul_allowed, resolve_window, tile_allowed, tile_kind
+from minitx.attention.checks import check_layout, check_qkv, group_bias, group_heads
+from minitx.attention.masks import (layout_heads, layout_tile, matmul_allowed, resolve_window,
+                                    tile_allowed, tile_kind)
 
 
-def _score_tile(Qi, Kj, bg, r0, r1, c0, c1, kind, scale, Nq, Nk, left, right):
+def _tile(layg, i, j, r0, r1, c0, c1, Nq, Nk, left, right):
+    """tile_kind of tile (i, j), with the block layout: returns (kind, heads), heads None (all
+    live) or the live heads (masks.layout_tile); a tile no head has is "skip", never read."""
+    kind = tile_kind(r0, r1, c0, c1, Nq, Nk, left, right)
+    if kind == "skip" or layg is None:
+        return kind, None
+    heads = layout_tile(layg, i, j)
+    if isinstance(heads, str):
+        return "skip", None
+    return kind, heads
+
+
+def _score_tile(Qi, Kj, bg, r0, r1, c0, c1, kind, scale, Nq, Nk, left, right, heads=None):
     """S = scale * Q_i K_j^T + bias tile, -inf where the mask forbids (even where the product is
     NaN), and the tile's allowed pairs (None if all are allowed; see masks.tile_allowed).
 
@@ -34,7 +47,7 @@ def _score_tile(Qi, Kj, bg, r0, r1, c0, c1, kind, scale, Nq, Nk, left, right):
     S = scale * (Qi @ Kj.swapaxes(-1, -2))                     # (B, Hkv, G, Br, Bc)
     if bg is not None:
         S = S + bg[..., r0:r1, c0:c1]
-    ok = tile_allowed(bg, r0, r1, c0, c1, kind, Nq, Nk, left, right)
+    ok = tile_allowed(bg, r0, r1, c0, c1, kind, Nq, Nk, left, right, heads)
     if ok is not None:
         S = np.where(ok, S, -np.inf)
     return S, ok
@@ -46,7 +59,8 @@ def _shift(m):
     return np.where(m == -np.inf, 0, m)
 
 
-def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None, Br=96, Bc=96):
+def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None, Br=96, Bc=96,
+                   block_layout=None):
     """FlashAttention-2 forward (Algorithm 1).
 
     Args:
@@ -55,11 +69,15 @@ def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None,
         is_causal: bottom-right causal mask; window: (left, right) or None (see masks.py).
         Br, Bc: block sizes (any ints >= 1; need not divide Nq, Nk). The defaults are the
             fastest measured for the Cython twin at d = 64 (benchmarks/attention.py).
+        block_layout: None or bool (Tr, Tc) / (1 or Hq, Tr, Tc): block-sparse attention with
+            tiles Br = Bc (checks.check_layout); tiles outside it are skipped, never read.
     Returns:
         o (B, Hq, Nq, d) and L (B, Hq, Nq), the row logsumexp (+inf for fully masked rows).
     """
     B, Hq, Hkv, Nq, Nk, d, scale = check_qkv(q, k, v, bias, scale, Br, Bc)
     left, right = resolve_window(is_causal, window)
+    lay = check_layout(block_layout, Hq, Nq, Nk, Br, Bc)      # None or (Hl, Tr, Tc)
+    layg = None if lay is None else layout_heads(lay, Hkv)    # (1, Hkv|1, G|1, Tr, Tc)
     qg = group_heads(q, Hkv)                                   # (B, Hkv, G, Nq, d)
     kg, vg = k[:, :, None], v[:, :, None]                      # (B, Hkv, 1, Nk, d)
     bg = group_bias(bias, Hkv)
@@ -74,12 +92,12 @@ def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None,
         mi = np.full(Qi.shape[:-1] + (1,), -np.inf, dtype=q.dtype)
         for j in range(Tc):                                    # Alg1 l.6: for 1 <= j <= Tc
             c0, c1 = j * Bc, min((j + 1) * Bc, Nk)
-            kind = tile_kind(r0, r1, c0, c1, Nq, Nk, left, right)
-            if kind == "skip":                                 # causal/window block skipping
+            kind, heads = _tile(layg, i, j, r0, r1, c0, c1, Nq, Nk, left, right)
+            if kind == "skip":                                 # causal/window/layout skipping
                 continue
             Kj, Vj = kg[..., c0:c1, :], vg[..., c0:c1, :]      # Alg1 l.7: load K_j, V_j
             S, ok = _score_tile(Qi, Kj, bg, r0, r1, c0, c1,    # Alg1 l.8: S = Q_i K_j^T
-                                kind, scale, Nq, Nk, left, right)   # (B, Hkv, G, Br, Bc)
+                                kind, scale, Nq, Nk, left, right, heads)
             m_new = np.maximum(mi, S.max(axis=-1, keepdims=True))   # Alg1 l.9: m = max(m, rowmax S)
             m_use = _shift(m_new)                              # all masked so far: exp(-inf) = 0
             P = np.exp(S - m_use)                              # Alg1 l.9: P = exp(S - m)
@@ -95,11 +113,12 @@ def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None,
 
 
 def flash2_backward(q, k, v, bias, o, L, do, scale=None, is_causal=False, window=None,
-                    Br=64, Bc=192):
+                    Br=64, Bc=192, block_layout=None):
     """FlashAttention-2 backward (Algorithm 2): recompute P = exp(S - L) tile by tile.
 
     Args:
-        q, k, v, bias, scale, is_causal, window: as given to flash2_forward.
+        q, k, v, bias, scale, is_causal, window, block_layout: as given to flash2_forward (with
+            a layout, Br = Bc = its block size).
         Br, Bc: block sizes; they need not be the forward's (only o and L pass between the two),
             and, as in FA-2, the backward prefers taller K/V blocks.
         o: (B, Hq, Nq, d) and L: (B, Hq, Nq) returned by flash2_forward.
@@ -109,6 +128,8 @@ def flash2_backward(q, k, v, bias, o, L, do, scale=None, is_causal=False, window
     """
     B, Hq, Hkv, Nq, Nk, d, scale = check_qkv(q, k, v, bias, scale, Br, Bc)
     left, right = resolve_window(is_causal, window)
+    lay = check_layout(block_layout, Hq, Nq, Nk, Br, Bc)      # None or (Hl, Tr, Tc)
+    layg = None if lay is None else layout_heads(lay, Hkv)    # (1, Hkv|1, G|1, Tr, Tc)
     qg, og, dog = group_heads(q, Hkv), group_heads(o, Hkv), group_heads(do, Hkv)
     Lg = group_heads(L, Hkv)[..., None]                        # (B, Hkv, G, Nq, 1)
     kg, vg = k[:, :, None], v[:, :, None]                      # (B, Hkv, 1, Nk, d)
@@ -125,12 +146,12 @@ def flash2_backward(q, k, v, bias, o, L, do, scale=None, is_causal=False, window
         dVj = np.zeros(Vj.shape, dtype=q.dtype)                # (B, Hkv, 1, Bc, d)
         for i in range(Tr):                                    # Alg2 l.8: for 1 <= i <= Tr
             r0, r1 = i * Br, min((i + 1) * Br, Nq)
-            kind = tile_kind(r0, r1, c0, c1, Nq, Nk, left, right)
+            kind, heads = _tile(layg, i, j, r0, r1, c0, c1, Nq, Nk, left, right)
             if kind == "skip":
                 continue
             Qi, dOi = qg[..., r0:r1, :], dog[..., r0:r1, :]    # Alg2 l.9: load Q_i, dO_i, L_i, D_i
             S, ok = _score_tile(Qi, Kj, bg, r0, r1, c0, c1,    # Alg2 l.10: S = Q_i K_j^T
-                                kind, scale, Nq, Nk, left, right)   # (B, Hkv, G, Br, Bc)
+                                kind, scale, Nq, Nk, left, right, heads)
             P = np.exp(S - Lg[..., r0:r1, :])                  # Alg2 l.11: P = exp(S - L_i)
             dP = dOi @ Vj.swapaxes(-1, -2)                     # Alg2 l.13: dP = dO_i V_j^T
             dS = P * (dP - D[..., r0:r1, :])                   # Alg2 l.14: dS = P * (dP - D_i)

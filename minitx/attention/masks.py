@@ -12,6 +12,10 @@ Conventions (shared by naive, flash1, flash2 and the Cython kernel):
     `is_causal=True` is the window (-1, 0); combined with a window it caps `right` at 0.
   - `bias` is additive, shape (Bb, Hb, Nq, Nk) with Bb in {1, B} and Hb in {1, Hq}; -inf masks.
   - A row with no allowed key (fully masked) produces zeros and logsumexp L = +inf.
+  - A block layout (block-sparse attention, sparse.py) is a bool matrix over (query block, key
+    block), blocks of `block_size` indices from 0 (top-left; the last block may be short), one
+    for all heads or one per query head. It is one more mask: a pair outside it is masked. The
+    tiled kernels use block_size as their tile (Br = Bc) and never read a tile outside it.
   - NaN (issue 14): a pair (i, j) is *masked* if the causal/window rule forbids it or its bias is
     -inf (a False in a bool mask becomes -inf); every other pair is *allowed*. NaN and inf in q,
     k, v (and in the gradient dO) propagate exactly as the dense product over the allowed pairs
@@ -87,7 +91,36 @@ def tile_kind(r0, r1, c0, c1, Nq, Nk, left, right):
     return "full"
 
 
-def tile_allowed(bg, r0, r1, c0, c1, kind, Nq, Nk, left, right):
+def layout_heads(lay, Hkv):
+    """A layout (Hl, Tr, Tc) grouped like the heads of grouped q: (1, Hkv or 1, G or 1, Tr, Tc)."""
+    Hl, Tr, Tc = lay.shape
+    if Hl == 1:
+        return lay[None, :, None]                              # (1, 1, 1, Tr, Tc)
+    return lay.reshape(1, Hkv, Hl // Hkv, Tr, Tc)
+
+
+def layout_tile(layg, i, j):
+    """Which heads have tile (i, j) live in a grouped layout (`layout_heads`).
+
+    Returns:
+        "skip" (no head: the tile is never read), None (every head) or a bool array
+        (1, Hkv, G, 1, 1) broadcastable to the grouped score tile.
+    """
+    live = layg[..., i, j]
+    if not live.any():
+        return "skip"
+    if live.all():
+        return None
+    return live[..., None, None]
+
+
+def layout_to_mask(lay, block_size, Nq, Nk):
+    """Dense mask of a block layout: (Hl, Tr, Tc) -> (Hl, Nq, Nk) bool (True = may attend)."""
+    dense = np.repeat(np.repeat(lay, block_size, axis=1), block_size, axis=2)
+    return dense[:, :Nq, :Nk]
+
+
+def tile_allowed(bg, r0, r1, c0, c1, kind, Nq, Nk, left, right, heads=None):
     """The allowed pairs of one tile: window rule and bias != -inf, or None if all are allowed.
 
     Args:
@@ -104,6 +137,8 @@ def tile_allowed(bg, r0, r1, c0, c1, kind, Nq, Nk, left, right):
         live = bg[..., r0:r1, c0:c1] != -np.inf                # (.., Br, Bc)
         if not live.all():
             ok = live if ok is None else ok & live
+    if heads is not None:
+        ok = heads if ok is None else ok & heads
     return ok
 
 

@@ -10,12 +10,13 @@ out of every product (masks.matmul_allowed), so NaN spreads only from allowed pa
 """
 import numpy as np
 
-from minitx.attention.checks import check_qkv, group_bias, group_heads
-from minitx.attention.masks import matmul_allowed, resolve_window, tile_allowed, tile_kind
+from minitx.attention.checks import check_layout, check_qkv, group_bias, group_heads
+from minitx.attention.masks import (layout_heads, layout_to_mask, matmul_allowed, resolve_window,
+                                    tile_allowed, tile_kind)
 
 
 def naive_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None,
-                  dropout_mask=None):
+                  dropout_mask=None, block_layout=None, block_size=None):
     """Attention with the full score matrix.
 
     Args:
@@ -24,6 +25,8 @@ def naive_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None,
         is_causal: bottom-right aligned causal mask; window: (left, right) or None.
         dropout_mask: None or (B, Hq, Nq, Nk) holding 0 (dropped) or 1/(1-p) (kept); then
             o = (P * dropout_mask) V (inverted dropout on the probabilities, as PyTorch).
+        block_layout, block_size: None, or a block-sparse layout (Tr, Tc) / (1 or Hq, Tr, Tc)
+            over blocks of block_size, applied as a dense mask (masks.layout_to_mask).
     Returns:
         o (B, Hq, Nq, d) and P (B, Hq, Nq, Nk), the attention probabilities (zero rows where a
         query may attend to nothing).
@@ -31,7 +34,7 @@ def naive_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None,
     B, Hq, Hkv, Nq, Nk, d, scale = check_qkv(q, k, v, bias, scale)
     qg = group_heads(q, Hkv)                                   # (B, Hkv, G, Nq, d)
     kg, vg = k[:, :, None], v[:, :, None]                      # (B, Hkv, 1, Nk, d)
-    ok = _allowed_pairs(bias, Hkv, Nq, Nk, is_causal, window)  # None or (.., Nq, Nk) bool
+    ok = _allowed_pairs(bias, Hq, Hkv, Nq, Nk, is_causal, window, block_layout, block_size)
     S = scale * (qg @ kg.swapaxes(-1, -2))                     # (B, Hkv, G, Nq, Nk)
     if bias is not None:
         S = S + group_bias(bias, Hkv)
@@ -51,18 +54,18 @@ def naive_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None,
 
 
 def naive_backward(q, k, v, P, do, scale=None, dropout_mask=None, bias=None, is_causal=False,
-                   window=None):
+                   window=None, block_layout=None, block_size=None):
     """Gradients of naive_forward given its saved probabilities P.
 
     Args:
         q: (B, Hq, Nq, d); k, v: (B, Hkv, Nk, d); P: (B, Hq, Nq, Nk) from naive_forward;
-        do: (B, Hq, Nq, d) gradient of the output; scale, dropout_mask, bias, is_causal, window:
-            as in the forward (the mask keeps masked pairs out of every product, see masks.py).
+        do: (B, Hq, Nq, d) gradient of the output; scale, dropout_mask, bias, is_causal, window,
+            block_layout, block_size: as in the forward (the mask keeps masked pairs out of every product, see masks.py).
     Returns:
         dq (B, Hq, Nq, d), dk (B, Hkv, Nk, d), dv (B, Hkv, Nk, d).
     """
     B, Hq, Hkv, Nq, Nk, d, scale = check_qkv(q, k, v, bias, scale)
-    ok = _allowed_pairs(bias, Hkv, Nq, Nk, is_causal, window)  # None or (.., Nq, Nk) bool
+    ok = _allowed_pairs(bias, Hq, Hkv, Nq, Nk, is_causal, window, block_layout, block_size)
     okT = None if ok is None else ok.swapaxes(-1, -2)
     qg, dog = group_heads(q, Hkv), group_heads(do, Hkv)        # (B, Hkv, G, Nq, d)
     Pg = group_heads(P, Hkv)                                   # (B, Hkv, G, Nq, Nk)
@@ -81,10 +84,18 @@ def naive_backward(q, k, v, P, do, scale=None, dropout_mask=None, bias=None, is_
             dv.astype(dt, copy=False))
 
 
-def _allowed_pairs(bias, Hkv, Nq, Nk, is_causal, window):
+def _allowed_pairs(bias, Hq, Hkv, Nq, Nk, is_causal, window, block_layout, block_size):
     """None if every (query, key) pair is allowed, else a bool mask broadcastable to the grouped
-    scores (B, Hkv, G, Nq, Nk): the window rule and bias != -inf (masks.py)."""
+    scores (B, Hkv, G, Nq, Nk): the window rule, bias != -inf and the block layout (masks.py)."""
     left, right = resolve_window(is_causal, window)
     kind = tile_kind(0, Nq, 0, Nk, Nq, Nk, left, right)
     kind = "partial" if kind == "skip" else kind               # all masked: still a mask
-    return tile_allowed(group_bias(bias, Hkv), 0, Nq, 0, Nk, kind, Nq, Nk, left, right)
+    heads = None
+    if block_layout is not None:
+        if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) \
+                or block_size < 1:
+            raise ValueError(f"block_size must be an int >= 1 with a block_layout, got "
+                             f"{block_size!r}")
+        lay = check_layout(block_layout, Hq, Nq, Nk, block_size, block_size)
+        heads = layout_heads(layout_to_mask(lay, block_size, Nq, Nk), Hkv)  # (1, Hkv|1, G|1, Nq, Nk)
+    return tile_allowed(group_bias(bias, Hkv), 0, Nq, 0, Nk, kind, Nq, Nk, left, right, heads)
