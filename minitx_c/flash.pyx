@@ -562,13 +562,8 @@ def flash2_backward(q, k, v, bias, o, L, do, scale=None, is_causal=False, window
     if lay is not None:
         lay_v = lay
         s.layout = &lay_v[0, 0, 0]
-    from minitx.attention.checks import check_array
-    check_array("o", o, 4, q.dtype)
-    check_array("do", do, 4, q.dtype)
-    check_array("L", L, 3, q.dtype)
-    if o.shape != q.shape or do.shape != q.shape or L.shape != q.shape[:3]:
-        raise ValueError(f"o {o.shape} and do {do.shape} must be {q.shape}, L {L.shape} must be "
-                         f"{q.shape[:3]}")
+    from minitx.attention.checks import check_forward_outputs
+    check_forward_outputs(q, o, L, do)
     q, k, v, o, L, do = (np.ascontiguousarray(a) for a in (q, k, v, o, L, do))
     s.nonfinite = not all(np.isfinite(a).all() for a in (q, k, v, do))
     if bias is not None:

@@ -21,7 +21,8 @@ import numpy as np
 cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.stdint cimport int8_t, int16_t, int32_t, uint8_t
-from minitx_c.omp cimport mtx_get_max_threads, mtx_get_thread_num
+from minitx_c.omp cimport mtx_get_thread_num
+from minitx_c.runtime cimport num_threads
 from minitx.kernels.int8 import _check_qlinear
 from minitx_c.gemm import matmul as _sgemm
 
@@ -193,7 +194,7 @@ cdef _matmul_int8_2d(cnp.ndarray A, cnp.ndarray B, cnp.ndarray C):
     cdef Py_ssize_t M = A.shape[0], K = A.shape[1], N = B.shape[1]
     cdef Py_ssize_t rs_a = A.strides[0], cs_a = A.strides[1]
     cdef Py_ssize_t rs_b = B.strides[0], cs_b = B.strides[1], rs_c = C.strides[0] // 4
-    cdef int nthreads = mtx_get_max_threads()
+    cdef int nthreads = num_threads()
     cdef Py_ssize_t n_blk, mc_blk, m_thread, kc_max = min(<Py_ssize_t>KC, K) + 1
     cdef Py_ssize_t bp_size, ap_size
     cdef size_t cap
@@ -336,19 +337,25 @@ cdef void _dequant_rows(const void *W, Py_ssize_t row_bytes, bint int4, const fl
 cdef _qlinear(x, cnp.ndarray w, bint int4, scales, group_size, bias, Py_ssize_t K):
     """Shared driver of linear_w8 / linear_w4 once the arguments are validated."""
     cdef Py_ssize_t N, n_groups, G, M, n0, nb
-    cdef int nthreads = mtx_get_max_threads()
+    cdef int nthreads = num_threads()
     cdef cnp.ndarray X, S, Bv, Y, T
     cdef const float *bias_p = NULL
     N, n_groups, G = _check_qlinear(x, w, scales, group_size, bias, K)
-    w = np.ascontiguousarray(w)
-    X = np.ascontiguousarray(x.reshape(-1, K))                  # (M, K)
-    S = np.ascontiguousarray(scales, dtype=np.float32)          # (N, n_groups) flat
-    M = X.shape[0]
+    M = int(np.prod(x.shape[:-1]))
+    # Contiguous and aligned copies where needed (views of byte buffers may have neither).
+    w = np.require(w, requirements=("C", "A"))                  # (N, K) int8 / (N, K/2) uint8
+    X = np.require(x.reshape(M, K), requirements=("C", "A"))    # (M, K)
+    S = np.require(scales, requirements=("C", "A"))             # (N, n_groups) flat
     Y = np.empty((M, N), dtype=np.float32)                      # (M, N)
     if bias is not None:
-        Bv = np.ascontiguousarray(bias)
+        Bv = np.require(bias, requirements=("C", "A"))
         bias_p = <const float *>cnp.PyArray_DATA(Bv)
     if M == 0 or N == 0:
+        return Y.reshape(x.shape[:-1] + (N,))
+    if K == 0:                                                  # empty sums: y = bias, or 0
+        Y[...] = 0
+        if bias is not None:
+            Y += bias
         return Y.reshape(x.shape[:-1] + (N,))
     if M < QLINEAR_GEMM_MIN_M:                                  # matrix-vector path
         if M * N * K < PARALLEL_MIN_MACS:

@@ -20,7 +20,8 @@ allowed pairs only, never from masked pairs or skipped tiles (masks.py, `matmul_
 """
 import numpy as np
 
-from minitx.attention.checks import check_layout, check_qkv, group_bias, group_heads
+from minitx.attention.checks import (check_forward_outputs, check_layout, check_qkv, group_bias,
+                                     group_heads)
 from minitx.attention.masks import (layout_heads, layout_tile, matmul_allowed, resolve_window,
                                     tile_allowed, tile_kind)
 
@@ -127,6 +128,7 @@ def flash2_backward(q, k, v, bias, o, L, do, scale=None, is_causal=False, window
         dq (B, Hq, Nq, d), dk (B, Hkv, Nk, d), dv (B, Hkv, Nk, d).
     """
     B, Hq, Hkv, Nq, Nk, d, scale = check_qkv(q, k, v, bias, scale, Br, Bc)
+    check_forward_outputs(q, o, L, do)
     left, right = resolve_window(is_causal, window)
     lay = check_layout(block_layout, Hq, Nq, Nk, Br, Bc)      # None or (Hl, Tr, Tc)
     layg = None if lay is None else layout_heads(lay, Hkv)    # (1, Hkv|1, G|1, Tr, Tc)
