@@ -24,6 +24,11 @@ def add_parser(sub):
                    help="model size (default: default; on --resume, the checkpoint's)")
     p.add_argument("--attention", default=None, choices=ATTENTION,
                    help="attention implementation (default: naive)")
+    p.add_argument("--attention-pattern", default=None, metavar="SPEC",
+                   help="which pairs attend, per layer: dense (default), window:W, "
+                        "bigbird:block=B,window=w,global=g,random=r, strided:block=B,stride=l, "
+                        "fixed:..., longformer:..., linear, performer:features=m "
+                        "(minitx/attention/patterns.py; saved in the checkpoint)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     d = TrainConfig()
     for name in TRAIN_FLAGS:
@@ -99,6 +104,11 @@ def run(args):
                          "resume; leave out --config")
     tc = TrainConfig(**{k: getattr(args, k) for k in TRAIN_FLAGS})
     overrides = {"attention": args.attention} if args.attention else {}
+    if args.attention_pattern is not None:
+        if args.resume:
+            raise ValueError("--attention-pattern and --resume: the checkpoint's pattern is used "
+                             "on resume; leave out --attention-pattern")
+        overrides["attention_pattern"] = args.attention_pattern
     model_config = get_config(args.config or "default", **overrides)
     extensions = curriculum_extensions(args, tc, model_config)
     check_out_dir(args.out)
