@@ -7,8 +7,10 @@
 All four compute the same function; each backward is its implementation's own (naive: through
 the saved P; flash: recomputation of P from the saved softmax statistics, never an N x N buffer).
 Mask conventions (bottom-right causal alignment, sliding windows, fully masked rows -> 0) are in
-masks.py; the IO model of FA-1's Theorem 2 is io.py. Block-sparse layouts (sparse.py), linear
-attention (linear.py) and memory-augmented attention (memory.py) build on this entry point.
+masks.py; the IO model of FA-1's Theorem 2 is io.py. Long context (issue 12): block-sparse
+layouts (sparse.py; `block_layout=` here), linear and Performer attention (linear.py),
+Transformer-XL and kNN memories (memory.py), and the GPT's per-layer choice among them
+(patterns.py).
 """
 import importlib
 

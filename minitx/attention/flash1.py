@@ -59,7 +59,7 @@ def flash1_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None,
             b = np.exp(m_t - _shift(m_new))                    # e^(m~ - m_new)
             l_new = a * li + b * l_t                           # Alg1 l.11: l_new
             dead = m_new == -np.inf                            # nothing allowed yet in the row
-            O_new = (li * a) * Oi + b * matmul_allowed(P_t, Vj, ok)   # Alg1 l.12: diag(l_i) e^(..) O_i + ..
+            O_new = (li * a) * Oi + b * matmul_allowed(P_t, Vj, ok)   # Alg1 l.12: diag(l_i) ..
             o[..., r0:r1, :] = np.where(dead, 0, O_new / np.where(dead, 1, l_new))  # .. / l_new
             l[..., r0:r1, :] = l_new                           # Alg1 l.13: write l_i, m_i
             m[..., r0:r1, :] = m_new

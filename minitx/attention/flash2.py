@@ -13,10 +13,11 @@ in parallel), O is rescaled by exp(m_old - m_new) but divided by l only once at 
 is saved. The batch and head dims ride along as leading dims of every tile (NumPy vectorises
 over them); the Cython twin `minitx_c.flash` loops over them explicitly with the same names.
 
-Extras that the real kernel has: block-sparse layouts (tiles outside never read), a scale, bottom-right causal masks and sliding windows with
-whole tiles skipped (`masks.tile_kind`), additive bias, GQA, blocks that need not divide N, and
-rows with nothing to attend to giving O = 0, L = +inf, and issue 14's NaN rule: NaN spreads from
-allowed pairs only, never from masked pairs or skipped tiles (masks.py, `matmul_allowed`).
+Extras that the real kernel has: block-sparse layouts (tiles outside never read), a scale,
+bottom-right causal masks and sliding windows with whole tiles skipped (`masks.tile_kind`),
+additive bias, GQA, blocks that need not divide N, rows with nothing to attend to giving O = 0,
+L = +inf, and issue 14's NaN rule: NaN spreads from allowed pairs only, never from masked pairs
+or skipped tiles (masks.py, `matmul_allowed`).
 """
 import numpy as np
 

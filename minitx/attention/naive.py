@@ -60,7 +60,8 @@ def naive_backward(q, k, v, P, do, scale=None, dropout_mask=None, bias=None, is_
     Args:
         q: (B, Hq, Nq, d); k, v: (B, Hkv, Nk, d); P: (B, Hq, Nq, Nk) from naive_forward;
         do: (B, Hq, Nq, d) gradient of the output; scale, dropout_mask, bias, is_causal, window,
-            block_layout, block_size: as in the forward (the mask keeps masked pairs out of every product, see masks.py).
+            block_layout, block_size: as in the forward (the mask keeps masked pairs out of
+            every product, see masks.py).
     Returns:
         dq (B, Hq, Nq, d), dk (B, Hkv, Nk, d), dv (B, Hkv, Nk, d).
     """
