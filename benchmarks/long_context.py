@@ -19,6 +19,7 @@ Usage:
     python benchmarks/long_context.py --quick        # N = 512 ... 4096, about a minute
     python benchmarks/long_context.py                # N = 1024 ... 65536 (long: minutes-hours)
     python benchmarks/long_context.py --svg out.svg  # also draw time against N (log-log)
+    python benchmarks/long_context.py --ns 16384 65536 --variants window linear --no-tiles
 """
 import os
 
@@ -125,10 +126,12 @@ def exponent(ns, ts):
     return float(np.polyfit(np.log([n for n, _ in ok]), np.log([t for _, t in ok]), 1)[0])
 
 
-def cost_table(ns, repeats, naive_max_mb):
+def cost_table(ns, repeats, naive_max_mb, only=None):
     rng = np.random.default_rng(0)
     rows = {}
     for name, (fwd, both) in variants().items():
+        if only and name not in only:
+            continue
         rows[name] = []
         for N in ns:
             if name == "naive" and 3 * 4 * N * N / MB > naive_max_mb:
@@ -213,14 +216,18 @@ def main():
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--naive-max-mb", type=float, default=1500.0)
     ap.add_argument("--svg", help="write a log-log plot of forward time against N here")
+    ap.add_argument("--variants", nargs="*", help="only these (dense window bigbird naive "
+                                                  "linear performer)")
+    ap.add_argument("--no-tiles", action="store_true", help="skip the live-tile table")
     args = ap.parse_args()
     ns = args.ns or ([512, 1024, 2048, 4096] if args.quick
                      else [1024, 2048, 4096, 8192, 16384, 32768, 65536])
     repeats = args.repeats or (2 if args.quick else 3)
     print(f"one head, d={D}, float32, causal, 1 thread; best of {repeats}")
-    rows = cost_table(ns, repeats, args.naive_max_mb)
+    rows = cost_table(ns, repeats, args.naive_max_mb, args.variants)
     print_cost_table(ns, rows)
-    live_tile_table(ns[-1], repeats)
+    if not args.no_tiles:
+        live_tile_table(ns[-1], repeats)
     if args.svg:
         write_svg(args.svg, ns, rows)
 
