@@ -109,6 +109,9 @@ def build_parser():
     else:
         add_quantize_parser(sub)
         commands["quantize"] = run_quantize
+    from minitx.commands import grade as grade_command   # until the trunk's COMMANDS table
+    grade_command.add_parser(sub)
+    commands["grade"] = grade_command.run
     return parser, commands
 
 
