@@ -98,3 +98,24 @@ def test_04_quantization(tmp_path):
     w8 = [line for line in out.splitlines() if line.startswith("Target: W8 per-channel")]
     assert w8 and w8[0].endswith("-> met"), w8
     assert_figures(figs, ["04_quantization.png"])
+
+
+@pytest.mark.parametrize("name", ["01_autograd_and_gpt.py", "02_flash_attention.py",
+                                  "03_gemm.py", "04_quantization.py"])
+def test_notebook_round_trip(name, tmp_path):
+    """The documented conversion (jupytext percent script -> .ipynb) keeps every cell, and the
+    notebook converts back to the same script (up to jupytext's version stamp)."""
+    jupytext = pytest.importorskip("jupytext")
+    path = os.path.join(ROOT, "tutorials", name)
+    text = open(path, encoding="utf-8").read()
+    script = jupytext.read(path)                       # the command: jupytext --to notebook
+    ipynb = tmp_path / name.replace(".py", ".ipynb")
+    jupytext.write(script, str(ipynb))
+    notebook = jupytext.read(str(ipynb))
+    cells = [(c.cell_type, c.source) for c in notebook.cells]
+    assert cells == [(c.cell_type, c.source) for c in script.cells]
+    assert sum(kind == "markdown" for kind, _ in cells) >= 3, "a tutorial explains as it goes"
+    assert sum(kind == "code" for kind, _ in cells) >= 3
+    back = jupytext.writes(notebook, fmt="py:percent")
+    stamp = re.compile(r"^#\s+(format_version|jupytext_version):.*\n", re.M)
+    assert stamp.sub("", back) == stamp.sub("", text)
