@@ -228,3 +228,29 @@ def _ref_binarize(w):
 @exercise("04.binarize", "ex04_quantization.py", _ref_binarize, ("signs", "alpha"))
 def _(g):
     return {"w": _weights(g)}
+
+
+def _curriculum():
+    from minitx import curriculum
+    return curriculum
+
+
+@exercise("05.fixed_root", "ex05_curriculum.py",
+          lambda step, min_difficulty, max_difficulty, total_curriculum_step, difficulty_step,
+          root_degree: _curriculum().fixed_root(step, min_difficulty, max_difficulty,
+                                                total_curriculum_step, difficulty_step,
+                                                root_degree), ("difficulty",))
+def _(g):
+    lo = g.int(1, 64)
+    S = g.int(1, 500)
+    return {"step": g.int(1, 2 * S), "min_difficulty": lo, "max_difficulty": lo + g.int(0, 1024),
+            "total_curriculum_step": S, "difficulty_step": g.choice([1, 8, 16]),
+            "root_degree": g.int(1, 3)}
+
+
+@exercise("05.reshape_batch", "ex05_curriculum.py",
+          lambda x, y, L: _curriculum().reshape_batch(x, y, L), ("x_rows", "y_rows"))
+def _(g):
+    B, T = g.int(1, 4), g.int(1, 20)
+    x = (g.array((B, T + 1)) * 100).astype(np.int64) % 256
+    return {"x": x[:, :-1], "y": x[:, 1:], "L": g.int(1, T)}
