@@ -70,12 +70,15 @@ class Draw:
         self._draw, self._st = draw, st
 
     def int(self, lo, hi):
+        """An int in [lo, hi] (shrinks towards lo)."""
         return self._draw(self._st.integers(lo, hi))
 
     def flag(self):
+        """A bool (shrinks towards False)."""
         return self._draw(self._st.booleans())
 
     def choice(self, options):
+        """One of `options` (shrinks towards the first)."""
         return self._draw(self._st.sampled_from(list(options)))
 
     def array(self, shape, dtype=np.float64, scale=1.0):
@@ -88,6 +91,7 @@ class Draw:
 
 @dataclasses.dataclass
 class Result:
+    """The outcome of one exercise."""
     name: str
     status: str                 # "pass", "fail", "not attempted"
     message: str = ""
@@ -102,7 +106,14 @@ class _NotAttempted(AssertionError):
 
 
 def describe(kwargs):
-    """One line naming each argument: arrays by shape and dtype, the rest by value."""
+    """One line naming each argument: arrays by shape and dtype (and values when small), the
+    rest by value.
+
+    Args:
+        kwargs: dict of the exercise's arguments.
+    Returns:
+        str, e.g. "A_blk (1, 1) float32 = [[0.1257]]".
+    """
     parts = []
     for k, v in kwargs.items():
         if isinstance(v, np.ndarray):
@@ -120,7 +131,15 @@ def _value(x):
 
 
 def compare(ex, got, want):
-    """None if the learner's outputs match the reference's, else a message (llm.c style)."""
+    """Compare the learner's outputs with the reference's, output by output.
+
+    Args:
+        ex: the Exercise; got: what the learner's function returned; want: the reference's.
+    Returns:
+        None when every output has the reference's shape and values within the tolerance of its
+        dtype, else a message naming the output, the number of elements off, the worst index with
+        both values, and the largest difference (llm.c style).
+    """
     n = len(ex.outputs)
     if n == 1:
         got, want = (got,), (want,)

@@ -241,7 +241,7 @@ if plt is not None:
     ax1.axvline(peak_core, color="r", ls="--", label=f"1-core peak at {ghz:.2f} GHz")
     ax1.axvline(peak_core * cores, color="r", ls=":", label=f"{cores}-core peak")
     ax1.set_title(f"Each step of the tutorial (n = {N_SLOW} for Python/NumPy, {N_FAST} compiled)")
-    ax1.legend(loc="lower right", fontsize=8)
+    ax1.legend(loc="upper right", fontsize=8)      # beside the short bars at the top
     ai = np.logspace(-1, 3, 100)
     ax2.loglog(ai, np.minimum(peak_core * cores, ai * bw), "k-",
                label=f"roofline: {cores} cores, {bw:.1f} GB/s")
