@@ -223,6 +223,8 @@ if plt is not None:
     ax[0].set_xticks(ticks, [str(t) for t in ticks])
     ax[0].minorticks_off()
     ax[0].set_yscale("symlog", linthresh=0.1)
+    increases = [r["rel. increase %"] for r in ptq]
+    ax[0].set_ylim(min(-0.2, 2 * min(increases)), 2 * max(increases))   # no marker on the frame
     ax[0].axhline(0, color="k", lw=0.8)
     ax[0].set_xlabel("stored bits per weight (log scale)")
     ax[0].set_ylabel("validation loss increase over float32, %")
