@@ -1,5 +1,6 @@
-"""Each tutorial runs headless in quick mode (tutorials that nothing runs rot), and shows what
-it claims to show."""
+"""Each tutorial runs headless in quick mode (tutorials that nothing runs rot), shows what it
+claims to show, draws its figures (matplotlib is in the test extra: a missing one fails, it does
+not skip), and converts to a notebook and back (jupytext)."""
 import os
 import re
 import struct
