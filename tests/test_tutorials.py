@@ -43,8 +43,9 @@ def assert_figures(out_dir, names):
         assert len(set(pixels[::7])) > 8, f"{name} looks blank (almost one colour)"
 
 
-def run_tutorial(name, tmp_path, timeout=600):
-    """Run tutorials/<name> with --quick; return its stdout. Fails with the tutorial's output."""
+def run_tutorial(name, tmp_path, timeout=600, out_dir=None):
+    """Run tutorials/<name> with --quick, its figures going to `out_dir` (default tmp_path); return
+    its stdout. Fails with the tutorial's output."""
     path = os.path.join(ROOT, "tutorials", name)
     if not os.path.exists(path):
         pytest.skip(f"{name} is not in this checkout")
@@ -53,25 +54,31 @@ def run_tutorial(name, tmp_path, timeout=600):
     except ImportError:
         pytest.fail("matplotlib is missing: the tutorial tests draw every figure; "
                     "install the test extra: pip install '.[test]'")
-    out = tmp_path / "figures" / "nested"            # the tutorial must create it
-    env = dict(os.environ, MINITX_TUTORIAL_OUT=str(out),
+    env = dict(os.environ, MINITX_TUTORIAL_OUT=str(out_dir or tmp_path),
                PYTHONPATH=os.path.dirname(os.path.dirname(minitx.__file__)))
     env.pop("MPLBACKEND", None)                      # the tutorial itself selects Agg headless
     r = subprocess.run([sys.executable, path, "--quick"], capture_output=True, text=True,
                        env=env, timeout=timeout, cwd=tmp_path)
     assert r.returncode == 0, f"{name} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
-    return r.stdout, out
+    return r.stdout
+
+
+def run_with_figures(name, tmp_path):
+    """run_tutorial into a directory that does not exist yet (the tutorial must create it);
+    returns (stdout, that directory)."""
+    figures = tmp_path / "figures" / "nested"
+    return run_tutorial(name, tmp_path, out_dir=figures), figures
 
 
 def test_01_autograd_and_gpt(tmp_path):
-    out, figs = run_tutorial("01_autograd_and_gpt.py", tmp_path)
+    out, figs = run_with_figures("01_autograd_and_gpt.py", tmp_path)
     assert "caught: gradient of input 0" in out
     assert "validation loss" in out
     assert_figures(figs, ["01_loss_curve.png"])
 
 
 def test_02_flash_attention(tmp_path):
-    out, figs = run_tutorial("02_flash_attention.py", tmp_path)
+    out, figs = run_with_figures("02_flash_attention.py", tmp_path)
     for name in ("flash1", "flash2"):                          # FA-1/FA-2 equal naive in float64
         m = re.search(rf"max \|{name} - naive\| = ([0-9.e+-]+)", out)
         assert m and float(m.group(1)) < 1e-10, out
@@ -84,14 +91,14 @@ def test_02_flash_attention(tmp_path):
 
 
 def test_03_gemm(tmp_path):
-    out, figs = run_tutorial("03_gemm.py", tmp_path)
+    out, figs = run_with_figures("03_gemm.py", tmp_path)
     for step in ("1 triple loop", "4 BLIS loop nest", "OpenBLAS np.matmul", "memory bandwidth"):
         assert step in out, f"missing {step!r} in:\n{out[-2000:]}"
     assert_figures(figs, ["03_gemm.png"])
 
 
 def test_04_quantization(tmp_path):
-    out, figs = run_tutorial("04_quantization.py", tmp_path)
+    out, figs = run_with_figures("04_quantization.py", tmp_path)
     for title in ("Weight MSE / variance", "PTQ: validation loss", "PTQ vs QAT",
                   "PB-LLM salient-fraction sweep", "Mixed precision", "Compensation"):
         assert title in out, f"missing table {title!r}"
@@ -101,8 +108,11 @@ def test_04_quantization(tmp_path):
     assert_figures(figs, ["04_quantization.png"])
 
 
-@pytest.mark.parametrize("name", ["01_autograd_and_gpt.py", "02_flash_attention.py",
-                                  "03_gemm.py", "04_quantization.py"])
+TUTORIALS = sorted(f for f in os.listdir(os.path.join(ROOT, "tutorials"))
+                   if re.match(r"\d\d_\w+\.py$", f))
+
+
+@pytest.mark.parametrize("name", TUTORIALS)
 def test_notebook_round_trip(name, tmp_path):
     """The documented conversion (jupytext percent script -> .ipynb) keeps every cell, and the
     notebook converts back to the same script (up to jupytext's version stamp)."""
