@@ -1,4 +1,4 @@
-"""Exercises for the curriculum module (minitx/curriculum.py; its tutorial 05 is coming).
+"""Exercises for tutorial 05: curriculum learning (minitx/curriculum.py).
 Grade with `python -m minitx grade 05`.
 
 Replace each `raise NotImplementedError` with your code; plain Python and NumPy.
