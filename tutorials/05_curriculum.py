@@ -207,6 +207,8 @@ if plt is not None:
     ax.set_yscale("log")                             # softmax: exponential in the score
     ax.axhline(1.0, color="grey", lw=0.8, label="uniform")
     ax.axhline(0.2, color="grey", lw=0.8, ls="--", label="the floor u")
+    ax.axvline(np.log(256), color="tab:red", lw=0.8, ls=":",
+               label="never drawn yet (score still log 256)")
     ax.set_xlabel("window score (latest loss, nats/byte)")
     ax.set_ylabel("probability x n (1 = uniform)")
     ax.legend()
