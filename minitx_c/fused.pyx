@@ -9,6 +9,7 @@ contiguous and aligned, before the GIL is released; inputs are read through `con
 read-only arrays are accepted as by the reference.
 """
 cimport cython
+import math
 import numpy as np
 cimport numpy as cnp
 from cython.parallel cimport prange
@@ -24,13 +25,19 @@ ctypedef fused real:
     double
 
 
+def _aligned_c(a):
+    """a as a C-contiguous array with an aligned data pointer (a itself when it is one);
+    np.ascontiguousarray alone keeps a contiguous view whose pointer is misaligned."""
+    return np.ascontiguousarray(a) if a.flags.aligned else np.array(a, order="C")
+
+
 def _rows(a, Py_ssize_t R, Py_ssize_t C):
     """a as an aligned C-contiguous (R, C) array (a view when it already is one)."""
-    return np.require(a, requirements=("C", "A")).reshape(R, C)
+    return _aligned_c(a).reshape(R, C)
 
 
 def _vec(v):
-    return None if v is None else np.require(v, requirements=("C", "A"))
+    return None if v is None else _aligned_c(v)
 
 
 @cython.wraparound(False)
@@ -111,7 +118,7 @@ def layer_norm_forward(x, weight, bias, eps):
     """
     eps = check_layer_norm_forward(x, weight, bias, eps)
     C = x.shape[-1]
-    R = int(np.prod(x.shape[:-1]))
+    R = math.prod(x.shape[:-1])
     x2 = _rows(x, R, C)                                         # (R, C)
     y2 = np.empty_like(x2)
     mean = np.empty(R, dtype=x.dtype)
@@ -174,7 +181,7 @@ def layer_norm_backward(dy, x, weight, mean, rstd):
     """
     check_layer_norm_backward(dy, x, weight, mean, rstd)
     C = x.shape[-1]
-    R = int(np.prod(x.shape[:-1]))
+    R = math.prod(x.shape[:-1])
     x2 = _rows(x, R, C)                                         # (R, C)
     dy2 = _rows(dy, R, C)
     m = _rows(mean, 1, R).reshape(R)

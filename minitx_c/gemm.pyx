@@ -322,7 +322,7 @@ def _in_place_ok(x):
 def _operand(x):
     """x itself if the kernel can read it in place, else an aligned C-contiguous copy (odd byte
     strides, or a data pointer inside a float: views of raw byte buffers)."""
-    return x if _in_place_ok(x) else np.require(x, requirements=("C", "A"))
+    return x if _in_place_ok(x) else np.array(x, order="C")
 
 
 def _overlaps_itself(x):
@@ -397,7 +397,9 @@ def _matmul_general(a, b, out, bint accumulate):
     b2 = b[:, None] if b.ndim == 1 else b                        # (..., K, N)
     shape = lead + (M, N)                                        # full (..., M, N)
     if out is not None:
-        if (not _in_place_ok(out) or _overlaps_itself(out) or out.ndim != len(shape)
+        if (not _in_place_ok(out) or out.ndim != len(shape)
+                or not (out.flags.c_contiguous or out.flags.f_contiguous or
+                        not _overlaps_itself(out))
                 or np.may_share_memory(out, a) or np.may_share_memory(out, b)):
             # out has odd strides, overlaps itself or an input, or drops a vector dim: compute
             # aside, then let NumPy write it (as the reference does).

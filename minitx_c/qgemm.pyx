@@ -17,6 +17,7 @@ linear_w8 / linear_w4: y = x @ (q * scale)^T + bias.
     the float32 GEMM (`minitx_c.gemm.matmul`), so the extra memory is NB x K floats.
 """
 cimport cython
+import math
 import numpy as np
 cimport numpy as cnp
 from cython.parallel cimport prange
@@ -334,6 +335,12 @@ cdef void _dequant_rows(const void *W, Py_ssize_t row_bytes, bint int4, const fl
                     t[j] = s * <float>w8[g * G + j]
 
 
+def _aligned_c(a):
+    """a as a C-contiguous array with an aligned data pointer (a itself when it is one);
+    np.ascontiguousarray alone keeps a contiguous view whose pointer is misaligned."""
+    return np.ascontiguousarray(a) if a.flags.aligned else np.array(a, order="C")
+
+
 cdef _qlinear(x, cnp.ndarray w, bint int4, scales, group_size, bias, Py_ssize_t K):
     """Shared driver of linear_w8 / linear_w4 once the arguments are validated."""
     cdef Py_ssize_t N, n_groups, G, M, n0, nb
@@ -341,14 +348,14 @@ cdef _qlinear(x, cnp.ndarray w, bint int4, scales, group_size, bias, Py_ssize_t 
     cdef cnp.ndarray X, S, Bv, Y, T
     cdef const float *bias_p = NULL
     N, n_groups, G = _check_qlinear(x, w, scales, group_size, bias, K)
-    M = int(np.prod(x.shape[:-1]))
+    M = math.prod(x.shape[:-1])
     # Contiguous and aligned copies where needed (views of byte buffers may have neither).
-    w = np.require(w, requirements=("C", "A"))                  # (N, K) int8 / (N, K/2) uint8
-    X = np.require(x.reshape(M, K), requirements=("C", "A"))    # (M, K)
-    S = np.require(scales, requirements=("C", "A"))             # (N, n_groups) flat
+    w = np.ascontiguousarray(w)                                 # (N, K) int8 / (N, K/2) uint8
+    X = _aligned_c(x.reshape(M, K))                             # (M, K)
+    S = _aligned_c(scales)                                      # (N, n_groups) flat
     Y = np.empty((M, N), dtype=np.float32)                      # (M, N)
     if bias is not None:
-        Bv = np.require(bias, requirements=("C", "A"))
+        Bv = _aligned_c(bias)
         bias_p = <const float *>cnp.PyArray_DATA(Bv)
     if M == 0 or N == 0:
         return Y.reshape(x.shape[:-1] + (N,))

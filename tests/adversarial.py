@@ -388,7 +388,10 @@ def _child(source, name, start):
         if i < start:
             continue
         print(json.dumps(["start", i]), flush=True)
-        msg = run_case(kernel, d, lay)
+        try:
+            msg = run_case(kernel, d, lay)
+        except Exception as e:                                 # noqa: BLE001 (e.g. no twin)
+            msg = f"the harness could not run the case: {type(e).__name__}: {e}"
         print(json.dumps(["done", i, msg]), flush=True)
 
 

@@ -5,8 +5,7 @@ Each case runs in a child process, so a crash is one failing case, not a dead te
 import inspect
 import os
 import pkgutil
-import subprocess
-import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -114,11 +113,9 @@ def make_ln_forward(rng, shape, dtype=np.float32, affine=True):
 def make_ln_backward(rng, shape, dtype=np.float32, affine=True):
     from minitx.kernels.fused import layer_norm_forward
     kw = make_ln_forward(rng, shape, dtype, affine)
-    with np.errstate(all="ignore"):
-        import warnings
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            _, mean, rstd = layer_norm_forward(kw["x"], kw["weight"], kw["bias"], kw["eps"])
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")                       # C = 0: the mean of nothing
+        _, mean, rstd = layer_norm_forward(kw["x"], kw["weight"], kw["bias"], kw["eps"])
     return dict(dy=_randn(rng, shape, dtype), x=kw["x"], weight=kw["weight"], mean=mean,
                 rstd=rstd)
 
@@ -208,8 +205,8 @@ def _broken_input(x, out=None):               # scribbles on its (writable) inpu
     return r
 
 
-def _broken_crash(x, out=None):               # aborts the process on a misaligned out
-    if isinstance(out, np.ndarray) and not out.flags.aligned:
+def _broken_crash(x, out=None):               # aborts the process on an out one byte off
+    if isinstance(out, np.ndarray) and out.__array_interface__["data"][0] % 4 == 1:
         os.abort()
     return _twin_double(x, out)
 

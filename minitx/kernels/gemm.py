@@ -113,13 +113,16 @@ def gemm(A, B, C, accumulate=False):
                 macro_kernel(Ap, Bp, C[ic:ic + mc, jc:jc + nc], beta)
 
 
+_SWAPPED_F32 = np.dtype(np.float32).newbyteorder()           # '>f4' on little-endian machines
+
+
 def _check_operand(name, x):
     if not isinstance(x, np.ndarray):
         raise TypeError(f"matmul: {name} must be a numpy.ndarray, got {type(x).__name__}")
-    if x.dtype == np.dtype(np.float32).newbyteorder():
-        raise TypeError(f"matmul: {name} must be float32 in native byte order, got "
-                        f"{x.dtype.str} (convert with .astype(np.float32))")
     if x.dtype != np.float32:
+        if x.dtype == _SWAPPED_F32:
+            raise TypeError(f"matmul: {name} must be float32 in native byte order, got "
+                            f"{x.dtype.str} (convert with .astype(np.float32))")
         raise TypeError(f"matmul: {name} must be float32, got {x.dtype} "
                         "(use np.matmul for other dtypes)")
     if x.ndim < 1:
@@ -140,10 +143,12 @@ def check_matmul(a, b, out=None, accumulate=False):
     b2 = b[:, None] if b.ndim == 1 else b                         # (..., K, N)
     if a2.shape[-1] != b2.shape[-2]:
         raise ValueError(f"matmul: inner dims differ: a {a.shape} @ b {b.shape}")
-    try:
-        lead = tuple(np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2]))
-    except ValueError:
-        raise ValueError(f"matmul: batch dims do not broadcast: a {a.shape} @ b {b.shape}")
+    lead = ()                                                     # batch dims
+    if a2.ndim > 2 or b2.ndim > 2:
+        try:
+            lead = tuple(np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2]))
+        except ValueError:
+            raise ValueError(f"matmul: batch dims do not broadcast: a {a.shape} @ b {b.shape}")
     M, K, N = a2.shape[-2], a2.shape[-1], b2.shape[-1]
     result_shape = lead + ((M,) if a.ndim > 1 else ()) + ((N,) if b.ndim > 1 else ())
     if accumulate and out is None:
