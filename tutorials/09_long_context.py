@@ -25,6 +25,7 @@
 import argparse
 import os
 import sys
+import tempfile
 import time
 
 try:
@@ -44,6 +45,15 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--quick", action="store_true", help="small sizes (< 1 minute)")
 args, _ = parser.parse_known_args()
 rng = np.random.default_rng(0)
+OUT = os.environ.get("MINITX_TUTORIAL_OUT") or tempfile.mkdtemp(prefix="minitx_09_")
+os.makedirs(OUT, exist_ok=True)
+try:
+    import matplotlib
+    if "ipykernel" not in sys.modules:   # a script or a test: draw off-screen
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+except ImportError:
+    plt = None
 impl = "flash2"
 try:
     import minitx_c.flash  # noqa: F401
@@ -158,3 +168,33 @@ everything = sdpa(q, store.keys, store.values).data
 print(f"kNN memory: top-8 of {len(store)} vs all {len(store)}: mean |diff| "
       f"{np.abs(near - everything).mean():.3f}; k = size gives "
       f"{np.abs(memory.knn_attention(q, store, k=len(store)).data - everything).max():.1e}")
+
+# %% [markdown]
+# ## The pictures
+# Left: the N^2 wall (time against N, log-log: slope 2 for dense, 1 for the others). Middle and
+# right: two causal layouts as images (white = live tile).
+
+# %%
+if plt is not None:
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    for name, ts in times.items():
+        axes[0].loglog(ns, np.asarray(ts) * 1e3, "o-", label=name)
+    axes[0].set(title="causal attention, forward", xlabel="N (keys)", ylabel="ms (CPU time)")
+    axes[0].set_xscale("log", base=2)
+    axes[0].set_xticks(ns, [str(n) for n in ns])
+    axes[0].minorticks_off()
+    axes[0].legend()
+    axes[0].grid(True, which="both", alpha=0.3)
+    for ax, (title, lay) in zip(axes[1:], [
+            ("BigBird (window 1, 1 global, 2 random)",
+             sparse.bigbird(32, 1, 1, 2, seed=0, causal=True)),
+            ("Sparse Transformer, strided (stride 6)", sparse.strided(32, 6))]):
+        ax.imshow(lay, cmap="gray", interpolation="nearest")
+        ax.set(title=f"{title}\n{sparse.live_tiles(lay)} of {lay.size} tiles live",
+               xlabel="key block", ylabel="query block")
+    fig.tight_layout()
+    path = os.path.join(OUT, "09_long_context.png")
+    fig.savefig(path, dpi=100)
+    print("plot written to", path)
+else:
+    print("matplotlib not installed: tables only")
