@@ -63,17 +63,25 @@ def _name_map(name_map):
     return NAME_MAPS[name_map]
 
 
-def _config_targets(model, layers, mapped, targets):
+def _adaptable_names(model):
+    """Names of the model's linear layers, a LoRALinear counting as the layer it wraps."""
+    from minitx.lora import LoRALinear, _linear_names
+    wrapped = {n for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+    return [n for n in _linear_names(model) if n.rpartition(".")[0] not in wrapped] + \
+        sorted(wrapped)
+
+
+def _config_targets(model, adapted, fmap, targets):
     """The user's target_modules if, matched PEFT's way against the mapped names of all the
     model's linear layers, they select exactly the adapted layers; else the exact mapped paths."""
-    from minitx.lora import _linear_names, target_matches
+    from minitx.lora import target_matches
+    exact = sorted(fmap(n) for n in adapted)
     if isinstance(targets, (list, tuple)) and targets:
-        fmap = dict(mapped)
-        all_mapped = [fmap.get(n) or n for n in _linear_names(model)]
-        chosen = sorted(n for n in all_mapped if target_matches(list(targets), n))
-        if chosen == sorted(fmap[n] for n, _ in layers):
+        mapped = [fmap(n) for n in _adaptable_names(model)]
+        chosen = sorted(p for p in mapped if p is not None and target_matches(list(targets), p))
+        if chosen == exact:
             return sorted(targets)
-    return sorted(p for _, p in mapped)
+    return exact
 
 
 def save_adapter(model, out_dir, base_model_name_or_path=None, name_map=None):
@@ -110,7 +118,7 @@ def save_adapter(model, out_dir, base_model_name_or_path=None, name_map=None):
     config = {"peft_type": "LORA", "task_type": "CAUSAL_LM",
               "base_model_name_or_path": base_model_name_or_path, "r": r,
               "lora_alpha": alpha, "lora_dropout": dropout,
-              "target_modules": _config_targets(model, layers, mapped, targets),
+              "target_modules": _config_targets(model, [n for n, _ in layers], fmap, targets),
               "use_rslora": rslora, "bias": "none", "fan_in_fan_out": False,
               "init_lora_weights": True, "inference_mode": True, "modules_to_save": None,
               "layers_to_transform": None, "layers_pattern": None, "rank_pattern": {},
@@ -137,7 +145,8 @@ def read_adapter(adapter_dir):
     if not isinstance(config, dict) or config.get("peft_type") != "LORA":
         raise AdapterError(f"{cpath}: peft_type must be 'LORA', got "
                            f"{config.get('peft_type') if isinstance(config, dict) else config!r}")
-    unsupported = {"use_dora": False, "bias": "none", "fan_in_fan_out": False}
+    unsupported = {"use_dora": False, "bias": "none", "fan_in_fan_out": False,
+                   "lora_bias": False}
     for key, want in unsupported.items():
         if config.get(key, want) != want:
             raise AdapterError(f"{cpath}: {key}={config[key]!r} is not supported (need {want!r})")
@@ -179,14 +188,13 @@ def load_adapter(model, adapter_dir, name_map=None):
     Returns:
         the adapter config dict.
     """
-    from minitx.lora import LoRALinear, _linear_names, replace_module
+    from minitx.lora import LoRALinear, replace_module
     from minitx.nn.modules import Linear
     from minitx.quant.linear import QuantLinear
     config, tensors = read_adapter(adapter_dir)
     fmap = _name_map(name_map)
     modules = dict(model.named_modules())
-    candidates = _linear_names(model) + [n for n, m in modules.items() if isinstance(m, LoRALinear)]
-    inverse = {fmap(n): n for n in candidates if fmap(n) is not None}
+    inverse = {fmap(n): n for n in _adaptable_names(model) if fmap(n) is not None}
     plan = []
     for path, (A, B) in tensors.items():
         if path not in inverse:
@@ -218,3 +226,33 @@ def load_adapter(model, adapter_dir, name_map=None):
     model.lora_settings = {k: config.get(k) for k in ("r", "lora_alpha", "lora_dropout",
                                                       "use_rslora", "target_modules")}
     return config
+
+
+def load_hf_llama_weights(model, tensors):
+    """Copy a Hugging Face Llama state dict (numpy arrays, HF names) into a llama-flavour GPT.
+
+    Used to put the same base under minitx and under PyTorch/PEFT (tests/test_lora_io.py):
+    embed_tokens -> wte, layers.N.{input,post_attention}_layernorm -> blocks.N.{ln1, ln2},
+    norm -> ln_f, lm_head -> lm_head, and every projection through `hf_llama_path` (q, k, v
+    stacked into the fused `attn.qkv` when the model has one).
+    """
+    own = dict(model.named_parameters())
+    fixed = {"model.embed_tokens.weight": "wte.weight", "model.norm.weight": "ln_f.weight",
+             "lm_head.weight": "lm_head.weight"}
+    state = {}
+    for key, a in tensors.items():
+        m = re.fullmatch(r"model\.layers\.(\d+)\.(input|post_attention)_layernorm\.weight", key)
+        if key in fixed:
+            state[fixed[key]] = a
+        elif m:
+            state[f"blocks.{m.group(1)}.{'ln1' if m.group(2) == 'input' else 'ln2'}.weight"] = a
+    for name in own:
+        path = hf_llama_path(name.rpartition(".")[0])
+        if path is not None and path + ".weight" in tensors:
+            state[name] = tensors[path + ".weight"]
+        m = re.fullmatch(r"blocks\.(\d+)\.attn\.qkv\.weight", name)
+        if m:
+            state[name] = np.concatenate([tensors[f"model.layers.{m.group(1)}.self_attn."
+                                                  f"{p}_proj.weight"] for p in "qkv"], axis=0)
+    model.load_state_dict(state, strict=True)
+    return model
