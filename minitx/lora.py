@@ -24,7 +24,9 @@ import re
 
 import numpy as np
 
+from minitx import backend
 from minitx import random as _random
+from minitx.autograd import Function, is_grad_enabled
 from minitx.nn import functional as F
 from minitx.nn.modules import Linear, Module, Parameter
 from minitx.quant.linear import QuantLinear, quantize_model, replace_module
@@ -82,11 +84,20 @@ class LoRALinear(Module):
     def quantized(self):
         return isinstance(self.base, QuantLinear)
 
+    def _base_frozen(self):
+        return not any(p.requires_grad for p in self.base.parameters())
+
     def forward(self, x):                                   # x (..., in) -> (..., out)
-        y = self.base(x)                                    # frozen W (or W_hat) path
         if self.merged:
-            return y
-        h = F.dropout(x, self.lora_dropout, self.training)  # (..., in)
+            return self.base(x)
+        mask = None
+        if self.training and self.lora_dropout > 0:
+            keep = _random.generator().random(x.shape) >= self.lora_dropout
+            mask = keep.astype(x.dtype) / np.asarray(1 - self.lora_dropout, x.dtype)
+        if self._base_frozen():                             # the usual case: one fused node
+            return _LoRAFn.apply(x, self.lora_A, self.lora_B, layer=self, mask=mask)
+        y = self.base(x)                                    # base weights trained too
+        h = x if mask is None else x * mask                 # (..., in)
         z = F.linear(F.linear(h, self.lora_A), self.lora_B)  # (..., r) -> (..., out)
         return y + z * self.scaling
 
@@ -129,6 +140,54 @@ class LoRALinear(Module):
     def __repr__(self):
         return (f"LoRALinear({self.base!r}, r={self.r}, lora_alpha={self.lora_alpha}, "
                 f"scaling={self.scaling:.4g}, dropout={self.lora_dropout})")
+
+
+class _LoRAFn(Function):
+    """y = base(x) + s * (x_d A^T) B^T as one graph node, x_d = dropout(x), base frozen.
+
+    One node keeps one output per layer alive (four separate ops would keep four (..., out)
+    arrays until the backward) and saves only u = x_d A^T (..., r) besides the mask. The
+    backward computes the input gradient through W (a QuantLinear dequantizes it for the
+    moment: QLoRA's "backward through the frozen 4-bit weights") and the adapters' gradients,
+    never a gradient for W:
+        g_u = s g B;   dB = s g^T u;   dA = g_u^T x_d;   dx = g W + (g_u A) * mask
+    """
+
+    @staticmethod
+    def forward(ctx, x, A, B, layer, mask):
+        base = layer.base
+        if isinstance(base, QuantLinear):
+            y = base.compute(x).astype(np.result_type(x.dtype, np.float32), copy=False)
+        else:
+            y = backend.matmul(x, base.weight.data.T)                      # (..., out)
+            if base.bias is not None:
+                y += base.bias.data
+        xd = x if mask is None else x * mask                              # (..., in)
+        u = backend.matmul(xd, A.T)                                       # (..., r)
+        z = backend.matmul(u, B.T)                                        # (..., out)
+        z *= np.asarray(layer.scaling, z.dtype)
+        ctx.layer, ctx.mask = layer, mask
+        if is_grad_enabled():
+            ctx.save_for_backward(x, u, A, B)
+        return y + z
+
+    @staticmethod
+    def backward(ctx, g):                                                 # g (..., out)
+        x, u, A, B = ctx.saved_tensors
+        layer, s = ctx.layer, ctx.layer.scaling
+        xd = x if ctx.mask is None else x * ctx.mask
+        gu = backend.matmul(g, B) * np.asarray(s, g.dtype)                # (..., r)
+        g2, u2 = g.reshape(-1, g.shape[-1]), u.reshape(-1, u.shape[-1])
+        gB = (backend.matmul(g2.T, u2) * np.asarray(s, g.dtype)).astype(B.dtype, copy=False)
+        gA = backend.matmul(gu.reshape(-1, gu.shape[-1]).T, xd.reshape(-1, x.shape[-1]))
+        gx = None
+        if ctx.needs_input_grad[0]:
+            W = layer.base.weight_float() if layer.quantized else layer.base.weight.data
+            ga = backend.matmul(gu, A)                                    # (..., in)
+            gx = backend.matmul(g, W.astype(g.dtype, copy=False))          # (..., in)
+            gx += ga if ctx.mask is None else ga * ctx.mask
+            gx = gx.astype(x.dtype, copy=False)
+        return gx, gA.astype(A.dtype, copy=False), gB
 
 
 # ============================== applying adapters to a model =================================

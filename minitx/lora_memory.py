@@ -7,9 +7,10 @@
     adapters     r (in + out) per adapted Linear, at the training precision
     gradients    one per trainable parameter, at the training precision
     optimizer    Adam's two moments in float32 (8 bytes per trainable parameter)
-    activations  what the backward needs, per token and layer (see `activation_values`), times
-                 batch * seq_len * n_layer; with checkpointing: one stored block input per layer
-                 plus one block's activations being recomputed
+    activations  what the graph keeps per token and layer (see `activation_values`) times
+                 batch * seq_len * n_layer, plus one layer's worth of backward temporaries and the
+                 logits; with checkpointing: one stored block input per layer plus one block
+                 being recomputed (and its backward temporaries)
 "full16" is the paper's ">780 GB" setting: 2-byte weights and gradients plus two 4-byte Adam
 moments = 12 bytes per parameter (65.2 B parameters -> 782 GB; with no activations counted).
 "qlora" on LLaMA-65B (r = 64 on every linear layer, batch 1, 512 tokens, checkpointing) stays
@@ -91,19 +92,24 @@ def adapter_params(s, r, target_modules):
     return s["n_layer"] * total
 
 
-def activation_values(s, seq_len, attention=True):
-    """Values the backward keeps per token and layer in minitx's GPT (plain autograd).
+def activation_values(s, seq_len, attention=True, r=0):
+    """Values minitx's autograd keeps alive per token and layer until the backward.
 
-    Norm inputs (2C), Linear inputs (C for qkv, H d for the output projection, C and f for the
-    MLP), the MLP non-linearity's input (f for GELU; 2f for SwiGLU's gate and up), and with
-    attention=True its q, k, v, output (4 H d) and softmax probabilities (H * seq_len, naive
-    attention). The QLoRA paper's breakdown leaves attention out.
+    The graph holds every op's output until the backward has used it, plus what each op saves:
+    each Linear's output (sum of out_features; with a fused LoRA node also u, r per adapted
+    layer), the two norms' normalized inputs (2C), the two residual sums (2C), the attention
+    output's (B, T, H d) copy, and the MLP non-linearity: tanh-GELU keeps two f-sized arrays,
+    SwiGLU keeps SiLU's input and output and the gated product (3f). With attention=True the
+    naive attention's scores and probabilities add 2 H seq_len. (Measured on minitx's GPT with
+    tracemalloc: within a few % of this count; the QLoRA paper's figure 6 leaves attention out.)
     """
     C, H, d, f = s["n_embd"], s["n_head"], s["head_dim"], s["ffn_hidden"]
-    swiglu = s["mlp"] == "swiglu"
-    values = 2 * C + C + H * d + C + f + (2 * f if swiglu else f)
+    linears = layer_linears(s)
+    values = sum(o for _, _, o in linears) + r * len(linears)         # Linear outputs
+    values += 2 * C + 2 * C + H * d                                    # norms, residuals, copy
+    values += 3 * f if s["mlp"] == "swiglu" else 2 * f                 # the non-linearity
     if attention:
-        values += 4 * H * d + H * seq_len
+        values += 2 * H * seq_len                                      # scores, probabilities
     return values
 
 
@@ -145,10 +151,15 @@ def memory_estimate(model, method="qlora", batch_size=1, seq_len=512, r=64,
             weights = params * b
         adapters, trainable = n_ad * b, n_ad
     tokens = batch_size * seq_len
-    per_layer = activation_values(s, seq_len, attention) * tokens * b
-    logits = 2 * tokens * s["vocab_size"] * b                         # logits and their softmax
-    plain = s["n_layer"] * per_layer + logits
-    ckpt = s["n_layer"] * tokens * s["n_embd"] * b + per_layer + logits
+    r_act = 0 if kind == "full" else (r if lora_fraction is None else 0)
+    per_layer = activation_values(s, seq_len, attention, r_act) * tokens * b
+    # outside the blocks: the embedding sum, the final norm, the logits and their softmax
+    model_level = (2 * s["n_embd"] + 2 * s["vocab_size"]) * tokens * b
+    # the backward of one layer holds about one layer's worth of gradient temporaries
+    plain = (s["n_layer"] + 1) * per_layer + model_level
+    # checkpointing keeps each block's input (one C-vector per token and layer) and recomputes
+    # one block at a time
+    ckpt = s["n_layer"] * tokens * s["n_embd"] * b + 2 * per_layer + model_level
     out = {"weights": int(weights), "adapters": int(adapters), "gradients": int(trainable * b),
            "optimizer": int(trainable * 8), "activations_no_checkpointing": int(plain),
            "activations_checkpointing": int(ckpt),
