@@ -88,8 +88,8 @@ def main():
     ref["peft_logits_minitx_adapter"] = logits(pm, ids)
 
     # 2. PEFT writes an adapter (rsLoRA, random B), minitx will load it
-    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["o_proj", "gate_proj",
-                                                                  "down_proj"],
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj",
+                                                                  "gate_proj", "down_proj"],
                              use_rslora=True, init_lora_weights=False, task_type="CAUSAL_LM")
     torch.manual_seed(2)
     pm2 = peft.get_peft_model(hf_model(), config).eval()

@@ -24,12 +24,9 @@ from minitx.safetensors import _atomic_write, load_file, save_file
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
 PREFIX = "base_model.model."
 _KEY = re.compile(r"base_model\.model\.(.+)\.(lora_A|lora_B)\.weight")
-# minitx leaf name -> Hugging Face Llama leaf name (pre-trunk names on the left; trunk names map
-# to themselves)
-_HF_LEAF = {"attn": {"proj": "o_proj", "q_proj": "q_proj", "k_proj": "k_proj",
-                     "v_proj": "v_proj", "o_proj": "o_proj"},
-            "mlp": {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj",
-                    "gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj"}}
+# the llama flavour's leaf names are Hugging Face's (GPTConfig fused_qkv=False, mlp="swiglu")
+_HF_LEAF = {"attn": ("q_proj", "k_proj", "v_proj", "o_proj"),
+            "mlp": ("gate_proj", "up_proj", "down_proj")}
 
 
 class AdapterError(ValueError):
@@ -39,8 +36,9 @@ class AdapterError(ValueError):
 def hf_llama_path(path):
     """minitx module path -> Hugging Face Llama module path, or None if it has no counterpart.
 
-    blocks.N.attn.{q,k,v,o}_proj (and the fused-era attn.proj) -> model.layers.N.self_attn.*;
-    blocks.N.mlp.{gate,up,down}_proj (and w1, w3, w2) -> model.layers.N.mlp.*; lm_head -> lm_head.
+    blocks.N.attn.{q,k,v,o}_proj -> model.layers.N.self_attn.*, blocks.N.mlp.{gate,up,down}_proj
+    -> model.layers.N.mlp.*, lm_head -> lm_head; the GPT-2 flavour's attn.qkv, attn.proj,
+    mlp.fc, mlp.proj have no Llama counterpart.
     """
     if path == "lm_head":
         return path
@@ -48,7 +46,7 @@ def hf_llama_path(path):
     if m is None or m.group(3) not in _HF_LEAF[m.group(2)]:
         return None
     part = "self_attn" if m.group(2) == "attn" else "mlp"
-    return f"model.layers.{m.group(1)}.{part}.{_HF_LEAF[m.group(2)][m.group(3)]}"
+    return f"model.layers.{m.group(1)}.{part}.{m.group(3)}"
 
 
 NAME_MAPS = {None: lambda p: p, "minitx": lambda p: p, "hf-llama": hf_llama_path}
@@ -233,8 +231,7 @@ def load_hf_llama_weights(model, tensors):
 
     Used to put the same base under minitx and under PyTorch/PEFT (tests/test_lora_io.py):
     embed_tokens -> wte, layers.N.{input,post_attention}_layernorm -> blocks.N.{ln1, ln2},
-    norm -> ln_f, lm_head -> lm_head, and every projection through `hf_llama_path` (q, k, v
-    stacked into the fused `attn.qkv` when the model has one).
+    norm -> ln_f, lm_head -> lm_head, and every projection through `hf_llama_path`.
     """
     own = dict(model.named_parameters())
     fixed = {"model.embed_tokens.weight": "wte.weight", "model.norm.weight": "ln_f.weight",
@@ -250,9 +247,5 @@ def load_hf_llama_weights(model, tensors):
         path = hf_llama_path(name.rpartition(".")[0])
         if path is not None and path + ".weight" in tensors:
             state[name] = tensors[path + ".weight"]
-        m = re.fullmatch(r"blocks\.(\d+)\.attn\.qkv\.weight", name)
-        if m:
-            state[name] = np.concatenate([tensors[f"model.layers.{m.group(1)}.self_attn."
-                                                  f"{p}_proj.weight"] for p in "qkv"], axis=0)
     model.load_state_dict(state, strict=True)
     return model

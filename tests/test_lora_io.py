@@ -58,7 +58,8 @@ def test_minitx_adapter_file_is_what_save_adapter_writes(tmp_path):
         cfg = json.load(f)
     assert cfg["target_modules"] == ["model.layers.%d.%s" % (i, p) for i in range(2) for p in
                                      ("mlp.down_proj", "mlp.gate_proj", "mlp.up_proj",
-                                      "self_attn.o_proj")]
+                                      "self_attn.k_proj", "self_attn.o_proj", "self_attn.q_proj",
+                                      "self_attn.v_proj")]
 
 
 def tiny(seed=0, **kw):
@@ -151,8 +152,9 @@ def test_malformed_adapter_dirs(tmp_path):
 
 def test_hf_llama_paths():
     assert hf_llama_path("blocks.3.attn.q_proj") == "model.layers.3.self_attn.q_proj"
-    assert hf_llama_path("blocks.3.attn.proj") == "model.layers.3.self_attn.o_proj"
-    assert hf_llama_path("blocks.0.mlp.w2") == "model.layers.0.mlp.down_proj"
+    assert hf_llama_path("blocks.3.attn.o_proj") == "model.layers.3.self_attn.o_proj"
+    assert hf_llama_path("blocks.0.mlp.down_proj") == "model.layers.0.mlp.down_proj"
+    assert hf_llama_path("blocks.0.attn.proj") is None and hf_llama_path("blocks.0.mlp.fc") is None
     assert hf_llama_path("blocks.0.mlp.up_proj") == "model.layers.0.mlp.up_proj"
     assert hf_llama_path("lm_head") == "lm_head"
     assert hf_llama_path("blocks.0.attn.qkv") is None and hf_llama_path("wte") is None
