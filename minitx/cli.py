@@ -18,6 +18,7 @@ COMMANDS = {
     "train": "minitx.commands.train",
     "generate": "minitx.commands.generate",
     "quantize": "minitx.commands.quantize",
+    "finetune": "minitx.commands.finetune",
 }
 
 USER_ERRORS = (DataError, CheckpointError, SafetensorsError, TrainingError, ValueError,

@@ -343,3 +343,20 @@ def merge_and_unload(model, dequantize=False):
 # adapter files and memory arithmetic: re-exported so `minitx.lora` is the one entry point
 from minitx.lora_io import load_adapter, save_adapter, hf_llama_path   # noqa: E402,F401
 from minitx.lora_memory import memory_estimate, SHAPES                 # noqa: E402,F401
+
+
+def apply_adapter_dir(model, path, merge=False):
+    """Load the adapter at `path` (a PEFT adapter directory, or a finetune run / step directory)
+    onto `model`; with merge=True fold it into the weights (a quantized base refuses: merging
+    would need float32 weights or a re-quantization)."""
+    import os
+    from minitx.checkpoint import resolve
+    if not os.path.isfile(os.path.join(path, "adapter_config.json")):
+        path = resolve(path)
+    load_adapter(model, path)
+    if merge:
+        if any(m.quantized for _, m in lora_layers(model)):
+            raise ValueError("--merge: the base is quantized, and merging never re-quantizes "
+                             "(it would need float32 weights); sample without --merge")
+        merge_and_unload(model)
+    return model.eval()
