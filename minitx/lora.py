@@ -31,6 +31,11 @@ from minitx.nn import functional as F
 from minitx.nn.modules import Linear, Module, Parameter
 from minitx.quant.linear import QuantLinear, quantize_model, replace_module
 
+__all__ = ["LoRALinear", "apply_lora", "find_targets", "target_matches", "freeze",
+           "lora_layers", "lora_parameters", "trainable_parameters", "quantize_base",
+           "prepare_qlora", "merge_and_unload", "apply_adapter_dir", "save_adapter",
+           "load_adapter", "hf_llama_path", "memory_estimate", "SHAPES", "QUANT_OPTIONS"]
+
 QUANT_OPTIONS = {          # name -> (quantize scheme, kwargs): the frozen base of QLoRA
     "nf4": ("nf4", {"block_size": 64, "double_quant": True}),    # the paper's choice
     "int4": ("int4", {"block_size": 64}),                         # symmetric absmax, groups of 64
@@ -330,12 +335,8 @@ def merge_and_unload(model, dequantize=False):
                          f", ...): merging returns float32 weights (W_hat + s B A) and never "
                          "re-quantizes; pass dequantize=True to accept float32 layers")
     for name, m in layers:
-        if m.quantized:
-            new = m.merge()
-        else:
-            new = m.merge()
-            m.merged = False                       # the LoRALinear is dropped below
-        new.weight.requires_grad = False
+        new = m.merge()                            # float base: merged in place; quantized:
+        new.weight.requires_grad = False           # a new float32 Linear
         replace_module(model, name, new)
     return model
 

@@ -27,13 +27,13 @@ import tracemalloc
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 try:
-    import minitx  # noqa: F401
-except ImportError:
+    import minitx  # an installed minitx, with its compiled kernels
+except ImportError:  # a source checkout: use it directly
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import minitx
 
 import numpy as np  # noqa: E402
 
-import minitx  # noqa: E402
 from minitx.autograd import Tensor  # noqa: E402
 from minitx.lora import (LoRALinear, apply_lora, lora_parameters, memory_estimate,  # noqa: E402
                          prepare_qlora, save_adapter, trainable_parameters)
