@@ -72,16 +72,21 @@ def save_lora_checkpoint(run_dir, model, step, optimizer, train_state, info, kee
     return final
 
 
-def build_model(base_path, quant, checkpointing=False):
-    """The frozen base from its checkpoint, quantized as asked (None: float)."""
+def prepare_base(model, quant, checkpointing=False):
+    """Quantize the model's Linear layers as asked (None: keep float) and turn on activation
+    checkpointing per block, in place."""
     from minitx.lora import quantize_base
     from minitx.nn.checkpoint import checkpoint_modules
-    model = load_model(base_path)
     if quant is not None:
         quantize_base(model, quant)
     if checkpointing:
         checkpoint_modules(model.blocks)
     return model
+
+
+def build_model(base_path, quant, checkpointing=False):
+    """The frozen base from its checkpoint, quantized as asked (None: float)."""
+    return prepare_base(load_model(base_path), quant, checkpointing)
 
 
 def _check_base(config, directory):

@@ -105,7 +105,7 @@ def _paged(trainer):
 
 def run(args):
     from minitx.lora import apply_lora, find_targets, lora_parameters, trainable_parameters
-    from minitx.lora_checkpoint import build_model, load_lora_training, run_info
+    from minitx.lora_checkpoint import build_model, load_lora_training, prepare_base, run_info
     targets = check_lora_flags(args)
     tc = TrainConfig(**{k: getattr(args, k) for k in TRAIN_FLAGS})
     check_out_dir(args.out)
@@ -122,7 +122,7 @@ def run(args):
         base, ckpt = args.ckpt, args.checkpointing
         model = build_model(base, None, False)
         find_targets(model, targets)                        # nothing matches: fail before work
-        model = build_model(base, quant, ckpt)
+        prepare_base(model, quant, ckpt)
         from minitx import random as _random
         _random.manual_seed(tc.seed)                        # fixes the adapters' init
         apply_lora(model, r=args.lora_r, alpha=args.lora_alpha, target_modules=targets,
