@@ -307,3 +307,33 @@ def test_every_bad_flag_is_one_error_line_and_exit_2_before_any_work(argv, messa
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, (code, err)
     assert err[0].startswith("error:") and message.split("|")[0] in err[0], err[0]
+
+
+def test_quantization_experiments_train_on_the_one_loop_exactly_as_their_old_loop():
+    """quant/experiments.train used to be a private loop; on the Trainer it must give the same
+    weights bit for bit (so the tables of tutorial 04 did not move)."""
+    from minitx.optim import AdamW
+    from minitx.quant import experiments as E
+    data = np.frombuffer(TEXT.encode(), np.uint8)
+    cfg = GPTConfig(vocab_size=256, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    minitx.manual_seed(0)
+    a = GPT(cfg)
+    minitx.manual_seed(0)
+    b = GPT(cfg)
+    params = [a.blocks[0].mlp.fc.weight, a.ln_f.weight]
+    E.train(a, params, data, steps=6, B=3, lr=3e-3, seed=1, warmup=2)
+    # the loop as it was written before (commit 80fd510), kept here as the reference
+    opt = AdamW([b.blocks[0].mlp.fc.weight, b.ln_f.weight], lr=3e-3, weight_decay=0.0)
+    rng = np.random.default_rng(1)
+    b.train()
+    for step in range(6):
+        scale = min(1.0, (step + 1) / 2) * 0.5 * (1 + np.cos(np.pi * step / 6))
+        for group in opt.param_groups:
+            group["lr"] = 3e-3 * max(scale, 0.05)
+        x, y = E.batch(data, 3, 16, rng)
+        _, loss = b(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for k, v in a.state_dict().items():
+        np.testing.assert_array_equal(v, b.state_dict()[k], err_msg=k)
