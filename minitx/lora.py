@@ -16,8 +16,10 @@ weights are NF4 with double quantization (`QuantLinear`): the packed codes are t
 copy of the base; every forward and backward dequantizes one layer at a time, and the backward
 through a frozen quantized layer computes only the input gradient.
 
-Adapter files (PEFT's format) live in `minitx.lora_io`; the memory arithmetic of the QLoRA paper
-in `minitx.lora_memory`. Both are re-exported here.
+Adapter files (PEFT's format) live in `minitx.lora_io`, the memory arithmetic of the QLoRA paper
+in `minitx.lora_memory` (both re-exported here), fine-tuning checkpoints in
+`minitx.lora_checkpoint`, activation checkpointing in `minitx.nn.checkpoint`, the paged AdamW in
+`minitx.optim`. Training is the one loop: `Trainer(..., trainable=lora_parameters)`.
 """
 import math
 import re
