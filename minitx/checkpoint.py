@@ -248,7 +248,7 @@ def load_checkpoint(ckpt_dir):
                               "resume training exactly")
     try:
         _, meta, _ = read_header(path)
-        tensors = load_file(path)
+        tensors = check_finite(load_file(path), path)      # NaN moments would poison training
         groups = json.loads(meta["optim_groups"])
         scalars = json.loads(meta["optim_scalars"])
         train_state = json.loads(meta["train_state"])
