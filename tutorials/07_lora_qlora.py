@@ -47,6 +47,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--quick", action="store_true")
 QUICK = parser.parse_known_args()[0].quick
 OUT = os.environ.get("MINITX_TUTORIAL_OUT") or tempfile.mkdtemp(prefix="minitx_tut07_")
+os.makedirs(OUT, exist_ok=True)
 try:
     import matplotlib
     matplotlib.use("Agg")
@@ -70,14 +71,15 @@ delta = layer.delta_weight()
 print(f"W {base.weight.shape}, A {layer.lora_A.shape}, B {layer.lora_B.shape}, "
       f"rank of s B A = {np.linalg.matrix_rank(delta)}")
 if plt is not None:
-    fig, ax = plt.subplots(1, 4, figsize=(11, 3), gridspec_kw={"width_ratios": [24, 2, 24, 24]})
+    fig, ax = plt.subplots(1, 4, figsize=(11, 3.4), gridspec_kw={"width_ratios": [24, 2, 24, 24]})
     for a, (title, m) in zip(ax, [("W (frozen)", base.weight.data), ("B", layer.lora_B.data),
                                   ("A", layer.lora_A.data), ("s B A", delta)]):
         a.imshow(m, cmap="coolwarm")
         a.set_title(title)
         a.set_xticks([])
         a.set_yticks([])
-    fig.savefig(os.path.join(OUT, "07_low_rank.png"), dpi=80)
+    fig.suptitle("LoRA: the frozen W and the rank-2 update s B A")
+    fig.savefig(os.path.join(OUT, "07_low_rank.png"), dpi=100)
     print("plot written to", os.path.join(OUT, "07_low_rank.png"))
 
 cfg = get_config("default")
@@ -178,8 +180,11 @@ if plt is not None:
         ax.bar(i + 0.2, measured / MB, 0.4, color="grey", label="measured" if i == 0 else None)
     ax.set_xticks(range(len(rows)), [r[0] for r in rows])
     ax.set_ylabel("MiB")
+    ax.set_title("one training step: estimated (stacked) vs measured (grey)")
     ax.legend(fontsize=7)
-    fig.savefig(os.path.join(OUT, "07_memory.png"), dpi=80)
+    fig.tight_layout()
+    fig.savefig(os.path.join(OUT, "07_memory.png"), dpi=100)
+    print("plot written to", os.path.join(OUT, "07_memory.png"))
 
 # %% [markdown]
 # ## 5 · A short QLoRA fine-tune on the one loop, saved as a PEFT adapter
