@@ -81,7 +81,7 @@ class _MaskedNorm(Function):
         flat = lambda t: t.reshape(-1, t.shape[-1])                          # noqa: E731
         dw = flat(gm * xhat).sum(axis=0) if weight is not None else None
         db = flat(gm).sum(axis=0) if ctx.has_bias else None
-        return dx, dw, db, None
+        return dx, dw, db, None, None, None
 
 
 class MaskedNorm(Module):
