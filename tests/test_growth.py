@@ -216,3 +216,92 @@ def test_bad_growth_is_a_clear_error(kw, match):
 def test_grow_rejects_a_non_gpt():
     with pytest.raises(TypeError, match="expected a GPT"):
         grow(AdamW, n_embd=3)
+
+
+# ---------------------------------------------------------------- the schedule in training
+from minitx.growth.schedule import (GrowthSchedule, GrowthScheduleError, parse_schedule,  # noqa: E402
+                                    validate_schedule)
+from minitx.models.gpt import get_config  # noqa: E402
+from minitx.train import train  # noqa: E402
+
+SCHEDULE = "10:n_embd=40,n_layer=3;14:n_head=4,ffn=150"
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CrashAt:
+    """An extension that stops the run after step `step` (the previous checkpoint survives)."""
+    name = "crash"
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, trainer, metrics):
+        if trainer.step == self.step:
+            raise _Crash
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, d):
+        pass
+
+
+def _run(out, resume=False, crash=None, flavour="tiny"):
+    cfg = get_config(flavour, n_layer=2, n_head=2, n_embd=32, block_size=16)
+    tc = TrainConfig(max_steps=20, batch_size=2, warmup=4, eval_interval=100, eval_iters=2,
+                     ckpt_interval=4, log_interval=100, seed=3)
+    text = "".join(f"line {i}: the quick brown fox {i * 7 % 13} jumps.\n" for i in range(600))
+    ext = [GrowthSchedule(parse_schedule(SCHEDULE), ramp_steps=4)]
+    if crash is not None:
+        ext.append(_CrashAt(crash))
+    return train(cfg, tc, text, str(out), resume=resume, log=lambda *a: None, extensions=ext)
+
+
+@pytest.mark.parametrize("crash", [9, 13])              # before the first growth; mid-ramp
+def test_resume_across_growth_is_bit_exact(tmp_path, crash):
+    full = _run(tmp_path / "full")["model"]
+    with pytest.raises(_Crash):
+        _run(tmp_path / "cut", crash=crash)
+    resumed = _run(tmp_path / "cut", resume=True)["model"]
+    assert resumed.config == full.config and not has_masks(resumed)
+    a, b = full.state_dict(), resumed.state_dict()
+    assert list(a) == list(b)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("", "empty schedule"), ("300", "STEP:SIZE=VALUE"), ("x:n_layer=3", "must be an integer"),
+    ("5:depth=3", "SIZE one of"), ("5:n_layer=3,n_layer=4", "given twice"),
+    ("5:n_layer=three", "must be an integer"),
+])
+def test_bad_schedule_syntax(text, match):
+    with pytest.raises(GrowthScheduleError, match=match):
+        parse_schedule(text)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("10:n_layer=1", "shrink"), ("10:n_head=7", "n_kv_head"), ("10:n_layer=4;5:n_layer=5",
+                                                               "increasing step order"),
+    ("100:n_layer=4", "before --max-steps"), ("0:n_layer=4", "must be > 0"),
+    ("10:n_layer=2", "changes nothing"),
+])
+def test_bad_schedule_meaning(text, match):
+    cfg = get_config("tiny", n_layer=2, n_head=4, n_kv_head=2)
+    with pytest.raises(GrowthScheduleError, match=match):
+        validate_schedule(parse_schedule(text), cfg, max_steps=100, ramp_steps=5)
+
+
+def test_cli_bad_schedule_is_one_error_line_before_training(tmp_path):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "minitx", "train", "--config", "tiny",
+                        "--max-steps", "50", "--out", str(tmp_path / "o"),
+                        "--grow", "30:n_layer=4;20:n_layer=6"], capture_output=True, text=True)
+    assert r.returncode == 2
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "increasing step order" in errors[0], r.stderr
+    assert "step " not in r.stdout and not (tmp_path / "o").exists()
