@@ -305,3 +305,33 @@ def test_cli_bad_schedule_is_one_error_line_before_training(tmp_path):
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "increasing step order" in errors[0], r.stderr
     assert "step " not in r.stdout and not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------- compute accounting
+def test_trainer_flops_follow_the_grown_sizes(tmp_path):
+    from minitx.growth.cost import run_flops
+    result = _run(tmp_path / "f")
+    cfg = get_config("tiny", n_layer=2, n_head=2, n_embd=32, block_size=16)
+    expected, stages = run_flops(cfg, parse_schedule(SCHEDULE), 20, tokens_per_step=2 * 16)
+    assert [s for s, _ in stages] == [0, 10, 14]
+    assert result["flops"] == pytest.approx(expected, rel=1e-12)
+    assert stages[-1][1] == result["model"].config
+
+
+def test_flops_per_token_of_a_config_matches_the_model():
+    from minitx.growth.cost import flops_per_token
+    for name in ("tiny", "llama"):
+        cfg = get_config(name, n_kv_head=2)
+        assert flops_per_token(cfg) == GPT(cfg).flops_per_token()
+
+
+def test_schedule_cost_is_6nd_per_stage_against_the_final_size():
+    from minitx.growth.cost import FLM_101B_STAGES, schedule_cost
+    r = schedule_cost()
+    grown = sum(6 * n * d for n, d in FLM_101B_STAGES)
+    scratch = 6 * FLM_101B_STAGES[-1][0] * sum(d for _, d in FLM_101B_STAGES)
+    assert r["grown_flops"] == pytest.approx(grown) and r["scratch_flops"] == pytest.approx(scratch)
+    assert 0.70 < r["saving"] < 0.75                      # FLM-101B reports a 72% saving
+    assert schedule_cost([(1.0, 10.0)])["saving"] == 0.0  # no growth, no saving
+    with pytest.raises(ValueError, match="stages"):
+        schedule_cost([(0, 1)])
