@@ -335,3 +335,24 @@ def test_schedule_cost_is_6nd_per_stage_against_the_final_size():
     assert schedule_cost([(1.0, 10.0)])["saving"] == 0.0  # no growth, no saving
     with pytest.raises(ValueError, match="stages"):
         schedule_cost([(0, 1)])
+
+
+# ---------------------------------------------------------------- tutorial 06 (quick mode)
+def test_tutorial_06_growth_quick(tmp_path):
+    import os
+    import re
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, MINITX_TUTORIAL_OUT=str(tmp_path), MPLBACKEND="Agg",
+               PYTHONPATH=os.path.dirname(os.path.dirname(minitx.__file__)))
+    r = subprocess.run([sys.executable, os.path.join(root, "tutorials", "06_growth.py"), "--quick"],
+                       capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rows = re.findall(r"^\| (gpt2|llama) \| ([^|]+) \| ([0-9.e+-]+) \| ([0-9.e+-]+) \| "
+                      r"([0-9.e+-]+) \|$", r.stdout, flags=re.M)
+    assert len(rows) == 10, r.stdout
+    for flavour, label, msg, plain, copy in rows:
+        assert float(msg) < 1e-12 and float(plain) > 1e-3, (flavour, label, msg, plain)
+    assert "folded: True" in r.stdout and "saving 72.6%" in r.stdout
+    assert re.search(r"grown \(MSG\)\s+\d+ steps, [0-9.]+ TFLOP, final val loss [0-9.]+", r.stdout)
