@@ -12,7 +12,6 @@ the wall time; the loss at the budget; the FLOPs each needs to reach the scratch
 and the loss change over the ten steps after growth. The machine is shared: wall times are noisy.
 """
 import argparse
-import dataclasses
 import re
 import time
 

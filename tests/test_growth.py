@@ -144,7 +144,7 @@ def test_moments_move_with_params_and_training_goes_on(flavour, dims):
     cfg = GPTConfig(vocab_size=40, block_size=8, n_layer=2, n_head=2, n_embd=32,
                     **FLAVOURS[flavour])
     model = _model(cfg, np.float32)
-    opt = make_optimizer(model, TrainConfig())
+    opt = make_optimizer(model.parameters(), TrainConfig())
     rng = np.random.default_rng(1)
     for _ in range(2):
         idx, tgt = rng.integers(0, 40, (2, 2, 8))

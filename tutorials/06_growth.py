@@ -27,9 +27,9 @@ import tempfile
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-try:
-    import minitx  # noqa: F401  (an installed minitx)
-except ImportError:  # a source checkout
+import importlib.util  # noqa: E402
+
+if importlib.util.find_spec("minitx") is None:  # a source checkout, not an installed minitx
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
@@ -69,7 +69,7 @@ DIMS = {"n_embd 32->48": dict(n_embd=48), "ffn 128->200": dict(ffn=200),
 rng = np.random.default_rng(0)
 noise = lambda name, shape: rng.normal(0.0, 1.0, shape)                    # noqa: E731
 print("relative max |logits after - before| (float64)")
-print(f"| flavour | growth | MSG, masks at 0 | random, no masks | Net2Net copy |")
+print("| flavour | growth | MSG, masks at 0 | random, no masks | Net2Net copy |")
 print("|---|---|---|---|---|")
 for flavour, kw in FLAVOURS.items():
     minitx.manual_seed(0)

@@ -31,9 +31,31 @@ def add_parser(sub):
         p.add_argument("--" + name.replace("_", "-"), type=kind,
                        default=None if name == "min_lr" else default,
                        help=f"(default: {'lr / 10' if name == 'min_lr' else default})")
+    add_growth_flags(p)
     p.add_argument("--sample-tokens", type=int, default=200,
                    help="print a sample of this many bytes after training (0: none)")
     return p
+
+
+def add_growth_flags(p):
+    p.add_argument("--grow", metavar="SCHEDULE", help="grow the model while training (MSG), e.g. "
+                   "'300:n_layer=6,n_embd=192;600:n_layer=8': at STEP set SIZE (n_embd, ffn, "
+                   "n_head, n_layer); see minitx/growth/schedule.py")
+    p.add_argument("--ramp-steps", type=int, default=50, help="steps over which the masks of "
+                   "new structure rise from 0 to 1 (0: no masks; default: 50)")
+    p.add_argument("--grow-init", default="random", choices=("random", "copy", "zero"),
+                   help="new weights: random (GPT init), copy (Net2Net), zero (default: random)")
+
+
+def growth_extensions(args, model_config, tc):
+    """[GrowthSchedule] for --grow (validated before any training), else []."""
+    if not args.grow:
+        return []
+    from minitx.growth.schedule import GrowthSchedule, parse_schedule, validate_schedule
+    events = parse_schedule(args.grow)
+    if not args.resume:                      # on resume the checkpoint's config is checked
+        validate_schedule(events, model_config, tc.max_steps, args.ramp_steps)
+    return [GrowthSchedule(events, args.ramp_steps, args.grow_init)]
 
 
 def check_out_dir(path):
@@ -70,13 +92,15 @@ def run(args):
     tc = TrainConfig(**{k: getattr(args, k) for k in TRAIN_FLAGS})
     overrides = {"attention": args.attention} if args.attention else {}
     model_config = get_config(args.config or "default", **overrides)
+    extensions = growth_extensions(args, model_config, tc)
     check_out_dir(args.out)
     check_memory(tc.batch_size, model_config.block_size, model_config.vocab_size)
     text = load_text(args.data) if args.data else default_corpus()
     print(f"minitx: training config '{args.config or 'default'}' on "
           f"{args.data if args.data else 'the embedded corpus'} "
           f"({len(text.encode('utf-8')):,} bytes), backend {backend.active()}, out {args.out}")
-    result = train(model_config, tc, text, args.out, resume=args.resume)
+    result = train(model_config, tc, text, args.out, resume=args.resume,
+                   extensions=extensions)
     gap = result["unigram_loss"] - result["val_loss"]
     print(f"done: {result['step']} steps in {result['seconds']:.0f}s, "
           f"{result['tokens_per_s']:,.0f} tok/s, {result['flops'] / 1e12:.2f} TFLOP | val loss "
