@@ -18,6 +18,8 @@ COMMANDS = {
     "train": "minitx.commands.train",
     "generate": "minitx.commands.generate",
     "quantize": "minitx.commands.quantize",
+    "grade": "minitx.commands.grade",
+    "finetune": "minitx.commands.finetune",
 }
 
 USER_ERRORS = (DataError, CheckpointError, SafetensorsError, TrainingError, ValueError,
