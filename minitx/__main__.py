@@ -1,6 +1,10 @@
 """`python -m minitx ...`: see minitx.cli."""
 import sys
 
-from minitx.cli import main
+try:
+    from minitx.cli import main
+except ValueError as e:           # a bad MINITX_BACKEND (or similar) found while importing
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
 
 sys.exit(main())

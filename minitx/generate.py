@@ -6,6 +6,8 @@ whole context. When the context reaches block_size, the last half block is re-ru
 prefill (a model with learned positions cannot see further back), so the logits are always those
 a full forward pass over the visible context would give (tests/test_generate.py checks it).
 """
+import math
+
 import numpy as np
 
 from minitx.autograd import no_grad
@@ -40,9 +42,10 @@ def sample(model, idx, max_new_tokens, temperature=1.0, top_k=None, rng=None):
     idx = np.atleast_2d(np.asarray(idx, dtype=np.int64))
     if idx.shape[1] == 0:
         raise ValueError("the prompt must contain at least one token")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if top_k is not None and top_k < 1:
+    if not (temperature == 0 or (math.isfinite(temperature) and temperature >= 1e-3)):
+        raise ValueError(f"temperature must be 0 (greedy) or a finite number >= 0.001, got "
+                         f"{temperature}")
+    if top_k is not None and (isinstance(top_k, bool) or int(top_k) != top_k or top_k < 1):
         raise ValueError(f"top_k must be a positive integer, got {top_k}")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -51,8 +54,16 @@ def sample(model, idx, max_new_tokens, temperature=1.0, top_k=None, rng=None):
         raise ValueError(f"prompt token ids must be in [0, {V}), got [{idx.min()}, {idx.max()}]")
     rng = rng if rng is not None else np.random.default_rng(0)
     block = model.config.block_size
+    was_training = model.training
     model.eval()
+    try:
+        return _decode(model, idx, max_new_tokens, temperature, top_k, rng, block)
+    finally:
+        model.train(was_training)
 
+
+def _decode(model, idx, max_new_tokens, temperature, top_k, rng, block):
+    """The prefill + one-token-at-a-time loop of `sample` (model already in eval mode)."""
     def prefill(context):
         caches = model.new_caches()
         logits = model(context, caches=caches)[0].data[:, -1]         # (B, V)
@@ -66,7 +77,8 @@ def sample(model, idx, max_new_tokens, temperature=1.0, top_k=None, rng=None):
         if i == max_new_tokens - 1:
             break
         if pos == block:                                               # cache full
-            caches, logits, pos = prefill(np.concatenate(out, axis=1)[:, -(block // 2):])
+            keep = max(block // 2, 1)                                  # block_size 1 keeps 1
+            caches, logits, pos = prefill(np.concatenate(out, axis=1)[:, -keep:])
         else:
             logits = model(nxt, caches=caches, start_pos=pos)[0].data[:, -1]
             pos += 1

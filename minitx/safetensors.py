@@ -12,9 +12,10 @@ then renamed over the target, so a crash never leaves a half-written checkpoint 
 import json
 import os
 import struct
-import tempfile
 
 import numpy as np
+
+from minitx.fileio import atomic_write
 
 _DTYPES = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
@@ -60,19 +61,7 @@ def save_file(tensors, path, metadata=None):
 
 
 def _atomic_write(path, chunks):
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for c in chunks:
-                f.write(c)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, chunks)
 
 
 def read_header(path):

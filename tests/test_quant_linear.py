@@ -115,7 +115,7 @@ def test_quantize_cli_writes_a_smaller_checkpoint_that_loads(tmp_path, scheme):
     cfg = json.load(open(os.path.join(out, "config.json")))
     assert cfg["format"] == "minitx-gpt-quant" and cfg["step"] == 7
     assert cfg["train"] == {"note": "kept"}
-    ratio = os.path.getsize(os.path.join(src, "model.safetensors")) / os.path.getsize(
+    ratio = os.path.getsize(os.path.join(src, "step-0000007", "model.safetensors")) / os.path.getsize(
         os.path.join(out, "model.safetensors"))
     assert ratio > {"int8": 2.0, "int4": 3.0, "nf4": 3.0, "pbllm": 3.0}[scheme], ratio
 
@@ -126,7 +126,8 @@ def test_bad_input_is_named(tmp_path):
     ql = QuantLinear.from_linear(Linear(8, 4), "int8")
     with pytest.raises(ValueError, match="8 input features"):
         ql(minitx.tensor(np.ones((2, 5), np.float32)))
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    from minitx.checkpoint import CheckpointError
+    with pytest.raises(CheckpointError, match="config.json"):
         load_quantized_model(str(tmp_path))
 
 

@@ -56,10 +56,20 @@ def test_same_seed_same_run_different_seed_different_run(tmp_path):
     assert not np.array_equal(r1["model"].state_dict()[w], r3["model"].state_dict()[w])
 
 
+def _snapshot(directory):
+    """{relative path: bytes} of every file below `directory`."""
+    files = {}
+    for root, _, names in os.walk(directory):
+        for f in names:
+            path = os.path.join(root, f)
+            files[os.path.relpath(path, directory)] = open(path, "rb").read()
+    return files
+
+
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     out = str(tmp_path / "run")
     train(MODEL, _tc(max_steps=4), TEXT, out, log=_quiet)
-    before = {f: open(os.path.join(out, f), "rb").read() for f in os.listdir(out)}
+    before = _snapshot(out)
     real_forward = GPT.forward
 
     def poisoned(self, idx, targets=None, **kw):
@@ -70,8 +80,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_checkpoint(tmp_path, m
     monkeypatch.setattr(GPT, "forward", poisoned)
     with pytest.raises(TrainingError, match=r"loss became nan at step 5.*last good checkpoint"):
         train(MODEL, _tc(max_steps=8), TEXT, out, resume=True, log=_quiet)
-    after = {f: open(os.path.join(out, f), "rb").read() for f in os.listdir(out)}
-    assert after == before
+    assert _snapshot(out) == before
 
 
 def test_non_finite_weights_are_never_saved(tmp_path):
@@ -86,7 +95,7 @@ def test_non_finite_weights_are_never_saved(tmp_path):
 def test_damaged_checkpoints_give_clear_errors(tmp_path):
     out = str(tmp_path / "run")
     train(MODEL, _tc(max_steps=4), TEXT, out, log=_quiet)
-    path = os.path.join(out, "model.safetensors")
+    path = os.path.join(out, "step-0000004", "model.safetensors")
     raw = open(path, "rb").read()
     open(path, "wb").write(raw[: len(raw) // 2])
     with pytest.raises(CheckpointError, match="truncated"):
@@ -96,7 +105,7 @@ def test_damaged_checkpoints_give_clear_errors(tmp_path):
         load_model(out)
     open(path, "wb").write(raw)
     load_model(out)
-    cfg = os.path.join(out, "config.json")
+    cfg = os.path.join(out, "step-0000004", "config.json")
     text = open(cfg).read()
     open(cfg, "w").write(text.replace('"step": 4', '"step": 3'))
     with pytest.raises(CheckpointError, match="from step 4 but config.json says step 3"):

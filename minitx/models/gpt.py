@@ -25,35 +25,76 @@ class GPTConfig:
     vocab_size: int = 256
     block_size: int = 128          # maximum context length T
     n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
+    n_head: int = 4                # query heads H
+    n_embd: int = 128              # residual width C
     dropout: float = 0.0
     bias: bool = True              # biases in Linear layers and LayerNorm
     norm: str = "layernorm"        # "layernorm" | "rmsnorm"
     pos: str = "learned"           # "learned" | "rope"
-    mlp: str = "gelu"              # "gelu" (4C hidden, tanh GELU) | "swiglu" (8C/3 hidden)
+    mlp: str = "gelu"              # "gelu" (tanh GELU) | "swiglu"
     tie_weights: bool = True       # lm_head shares wte's weight
     attention: str = "naive"       # implementation passed to F.scaled_dot_product_attention
+    # The fields below default to None and are resolved in __post_init__, so a saved config is
+    # explicit and a checkpoint written before they existed loads with the values it was built with.
+    head_dim: int = None           # d; the attention's inner width is H * d, independent of C
+    n_kv_head: int = None          # key/value heads (GQA when < n_head); default n_head
+    ffn_hidden: int = None         # MLP hidden width; default 4C (gelu), 4*ceil(8C/3 / 4) (swiglu)
+    rope_base: float = 10000.0     # RoPE's theta base
+    norm_eps: float = None         # default 1e-5 (LayerNorm) or 1e-6 (RMSNorm)
+    fused_qkv: bool = True         # GPT-2 flavour: one qkv Linear; False: q/k/v/o_proj (Llama names)
 
     def __post_init__(self):
+        if self.head_dim is None and self.n_head > 0:
+            if self.n_embd % self.n_head:
+                raise ValueError(f"invalid GPTConfig (n_embd % n_head != 0: give head_dim "
+                                 f"explicitly): {self}")
+            self.head_dim = self.n_embd // self.n_head
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        if self.ffn_hidden is None:
+            C = self.n_embd
+            self.ffn_hidden = 4 * ((8 * C // 3 + 3) // 4) if self.mlp == "swiglu" else 4 * C
+        if self.norm_eps is None:
+            self.norm_eps = 1e-6 if self.norm == "rmsnorm" else 1e-5
+        ints = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "head_dim",
+                "n_kv_head", "ffn_hidden")
+        not_int = [k for k in ints if isinstance(getattr(self, k), bool)
+                   or not isinstance(getattr(self, k), (int, np.integer))]
+        if not_int:
+            raise TypeError(f"invalid GPTConfig: {', '.join(not_int)} must be integers: {self}")
         checks = {
-            "n_embd % n_head": self.n_embd % self.n_head == 0,
             "norm": self.norm in ("layernorm", "rmsnorm"),
             "pos": self.pos in ("learned", "rope"),
             "mlp": self.mlp in ("gelu", "swiglu"),
-            "positive sizes": min(self.vocab_size, self.block_size, self.n_layer, self.n_head,
-                                  self.n_embd) > 0,
+            "positive sizes": min(getattr(self, k) for k in ints) > 0,
+            "n_head % n_kv_head": self.n_kv_head > 0 and self.n_head % self.n_kv_head == 0,
             "dropout in [0, 1)": 0.0 <= self.dropout < 1.0,
-            "rope needs an even head dim": self.pos != "rope" or (self.n_embd // self.n_head) % 2 == 0,
+            "rope needs an even head_dim": self.pos != "rope" or self.head_dim % 2 == 0,
+            "rope_base > 1": math.isfinite(self.rope_base) and self.rope_base > 1,
+            "norm_eps in (0, 1)": 0.0 < self.norm_eps < 1.0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"invalid GPTConfig ({', '.join(bad)}): {self}")
+        sizes = (self.vocab_size * self.n_embd + self.n_layer * self.n_embd
+                 * (self.head_dim * (2 * self.n_head + 2 * self.n_kv_head) + 3 * self.ffn_hidden))
+        if sizes > MAX_PARAMS:
+            raise ValueError(f"invalid GPTConfig: about {sizes:,} parameters, more than minitx "
+                             f"builds ({MAX_PARAMS:,}): {self}")
 
-    @property
-    def head_dim(self):
-        return self.n_embd // self.n_head
+    @classmethod
+    def from_dict(cls, d):
+        """A GPTConfig from a saved dict, naming unknown or missing fields clearly."""
+        if not isinstance(d, dict):
+            raise TypeError(f"a model config must be a JSON object, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown GPTConfig fields {unknown}")
+        return cls(**d)
 
+
+MAX_PARAMS = 2_000_000_000     # a guard against absurd configs (a corrupted file) before allocating
 
 CONFIGS = {
     # the default run: trains in a few minutes on 2 CPU cores
@@ -62,7 +103,7 @@ CONFIGS = {
     "tiny": dict(n_layer=2, n_head=2, n_embd=32, block_size=32),
     # a llama-flavoured variant: RMSNorm, RoPE, SwiGLU, no biases, untied head
     "llama": dict(n_layer=4, n_head=4, n_embd=128, block_size=128, norm="rmsnorm", pos="rope",
-                  mlp="swiglu", bias=False, tie_weights=False),
+                  mlp="swiglu", bias=False, tie_weights=False, fused_qkv=False),
     "small": dict(n_layer=6, n_head=6, n_embd=192, block_size=256),
 }
 
@@ -105,58 +146,104 @@ def _rotate(x, cos, sin):
 # ============================== blocks =======================================================
 def _norm(config):
     if config.norm == "rmsnorm":
-        return RMSNorm(config.n_embd)
-    return LayerNorm(config.n_embd, bias=config.bias)
+        return RMSNorm(config.n_embd, eps=config.norm_eps)
+    return LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
 
 
 class CausalSelfAttention(Module):
+    """Multi-head attention with H query heads and Hkv key/value heads of size d (GQA when
+    Hkv < H). GPT-2 flavour: one fused `qkv` Linear and `proj`; Llama flavour (fused_qkv=False):
+    `q_proj`, `k_proj`, `v_proj`, `o_proj` as Hugging Face names them."""
+
     def __init__(self, config):
         super().__init__()
         self.config = config
-        self.qkv = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
+        C, H, Hkv, d, b = (config.n_embd, config.n_head, config.n_kv_head, config.head_dim,
+                           config.bias)
+        if config.fused_qkv:
+            self.qkv = Linear(C, (H + 2 * Hkv) * d, bias=b)
+            self.proj = Linear(H * d, C, bias=b)
+        else:
+            self.q_proj = Linear(C, H * d, bias=b)
+            self.k_proj = Linear(C, Hkv * d, bias=b)
+            self.v_proj = Linear(C, Hkv * d, bias=b)
+            self.o_proj = Linear(H * d, C, bias=b)
+
+    def project_qkv(self, x):
+        """x (B, T, C) -> q (B, H, T, d), k and v (B, Hkv, T, d)."""
+        B, T, _ = x.shape
+        H, Hkv, d = self.config.n_head, self.config.n_kv_head, self.config.head_dim
+        if self.config.fused_qkv:
+            qkv = self.qkv(x)                                                  # (B, T, (H+2Hkv)d)
+            if Hkv == H:
+                qkv = qkv.reshape(B, T, 3, H, d).permute(2, 0, 3, 1, 4)        # (3, B, H, T, d)
+                return qkv[0], qkv[1], qkv[2]
+            q, k, v = qkv.split([H * d, Hkv * d, Hkv * d], dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.reshape(B, T, H, d).permute(0, 2, 1, 3)                          # (B, H, T, d)
+        k = k.reshape(B, T, Hkv, d).permute(0, 2, 1, 3)                        # (B, Hkv, T, d)
+        v = v.reshape(B, T, Hkv, d).permute(0, 2, 1, 3)                        # (B, Hkv, T, d)
+        return q, k, v
 
     def forward(self, x, rope=None, cache=None):
-        """x (B, T, C) -> (B, T, C). `cache` is a dict holding "k", "v" arrays (B, H, S, d) of
+        """x (B, T, C) -> (B, T, C). `cache` is a dict holding "k", "v" arrays (B, Hkv, S, d) of
         earlier positions (inference only); it is extended in place."""
-        B, T, C = x.shape
-        H, d = self.config.n_head, self.config.head_dim
-        qkv = self.qkv(x).reshape(B, T, 3, H, d).permute(2, 0, 3, 1, 4)      # (3, B, H, T, d)
-        q, k, v = qkv[0], qkv[1], qkv[2]                                       # (B, H, T, d)
+        B, T, _ = x.shape
+        cfg = self.config
+        q, k, v = self.project_qkv(x)
         if rope is not None:
             q, k = _Rope.apply(q, *rope), _Rope.apply(k, *rope)
         if cache is not None:
             if "k" in cache:
-                k = Tensor(np.concatenate([cache["k"], k.data], axis=2))       # (B, H, S+T, d)
+                k = Tensor(np.concatenate([cache["k"], k.data], axis=2))       # (B, Hkv, S+T, d)
                 v = Tensor(np.concatenate([cache["v"], v.data], axis=2))
             cache["k"], cache["v"] = k.data, v.data
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                           impl=self.config.attention)        # (B, H, T, d)
-        y = y.permute(0, 2, 1, 3).reshape(B, T, C)                             # (B, T, C)
-        return F.dropout(self.proj(y), self.config.dropout, self.training)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, impl=cfg.attention,
+                                           enable_gqa=cfg.n_kv_head != cfg.n_head)  # (B, H, T, d)
+        y = y.permute(0, 2, 1, 3).reshape(B, T, cfg.n_head * cfg.head_dim)    # (B, T, H*d)
+        out = self.proj(y) if cfg.fused_qkv else self.o_proj(y)                # (B, T, C)
+        return F.dropout(out, cfg.dropout, self.training)
 
 
 class MLP(Module):
+    """GELU MLP (`fc`, `proj`) or SwiGLU (`gate_proj`, `up_proj`, `down_proj`, Llama's names):
+    down(silu(gate(x)) * up(x))."""
+
     def __init__(self, config):
         super().__init__()
         self.kind, self.dropout = config.mlp, config.dropout
-        C = config.n_embd
+        C, Hf, b = config.n_embd, config.ffn_hidden, config.bias
         if config.mlp == "swiglu":
-            hidden = 4 * ((8 * C // 3 + 3) // 4)
-            self.w1 = Linear(C, hidden, bias=config.bias)      # gate
-            self.w3 = Linear(C, hidden, bias=config.bias)      # up
-            self.w2 = Linear(hidden, C, bias=config.bias)      # down
+            self.gate_proj = Linear(C, Hf, bias=b)
+            self.up_proj = Linear(C, Hf, bias=b)
+            self.down_proj = Linear(Hf, C, bias=b)
         else:
-            self.fc = Linear(C, 4 * C, bias=config.bias)
-            self.proj = Linear(4 * C, C, bias=config.bias)
+            self.fc = Linear(C, Hf, bias=b)
+            self.proj = Linear(Hf, C, bias=b)
 
     def forward(self, x):                                      # (B, T, C) -> (B, T, C)
         if self.kind == "swiglu":
-            h = F.silu(self.w1(x)) * self.w3(x)                # (B, T, hidden)
-            out = self.w2(h)
+            h = F.silu(self.gate_proj(x)) * self.up_proj(x)    # (B, T, ffn_hidden)
+            out = self.down_proj(h)
         else:
             out = self.proj(F.gelu(self.fc(x), approximate="tanh"))
         return F.dropout(out, self.dropout, self.training)
+
+
+# state_dict names written before the Llama names (checkpoints of earlier minitx versions)
+LEGACY_NAMES = {".mlp.w1.": ".mlp.gate_proj.", ".mlp.w3.": ".mlp.up_proj.",
+                ".mlp.w2.": ".mlp.down_proj."}
+
+
+def upgrade_state_dict(weights):
+    """Rename the keys of an older checkpoint's state_dict to today's module names."""
+    out = {}
+    for k, v in weights.items():
+        for old, new in LEGACY_NAMES.items():
+            k = k.replace(old, new)
+        out[k] = v
+    return out
 
 
 class Block(Module):
@@ -171,6 +258,26 @@ class Block(Module):
 
 
 # ============================== the model ====================================================
+def num_params_of(config):
+    """The parameter count GPT(config) will have, computed without building it (a loader checks a
+    file against its config before allocating anything)."""
+    C, V, L, F = config.n_embd, config.vocab_size, config.n_layer, config.ffn_hidden
+    b = int(config.bias)
+    qkv = (config.n_head + 2 * config.n_kv_head) * config.head_dim
+    norm = C * (2 if config.norm == "layernorm" and config.bias else 1)
+    attn = C * qkv + b * qkv + config.n_head * config.head_dim * C + b * C
+    n_in = 2 if config.mlp == "swiglu" else 1
+    mlp = n_in * (C * F + b * F) + F * C + b * C
+    total = V * C + L * (2 * norm + attn + mlp) + norm
+    total += config.block_size * C if config.pos == "learned" else 0
+    total += 0 if config.tie_weights else C * V
+    return total
+
+
+RESIDUAL_PROJECTIONS = ("attn.proj.weight", "attn.o_proj.weight", "mlp.proj.weight",
+                        "mlp.down_proj.weight")
+
+
 class GPT(Module):
     """Decoder-only transformer LM. `forward(idx, targets=None)` -> (logits, loss)."""
 
@@ -194,8 +301,7 @@ class GPT(Module):
             if name.endswith("bias"):
                 p.data[...] = 0
             elif p.data.ndim == 2:
-                std = resid_std if name.endswith(("attn.proj.weight", "mlp.proj.weight",
-                                                  "mlp.w2.weight")) else 0.02
+                std = resid_std if name.endswith(RESIDUAL_PROJECTIONS) else 0.02
                 p.data[...] = rng.normal(0.0, std, size=p.shape)
 
     def forward(self, idx, targets=None, caches=None, start_pos=0):
@@ -223,7 +329,7 @@ class GPT(Module):
         if cfg.pos == "learned":
             x = x + self.wpe(positions)                                      # (T, C) broadcast
         else:
-            rope = rope_tables(cfg.head_dim, positions)
+            rope = rope_tables(cfg.head_dim, positions, cfg.rope_base)
         x = F.dropout(x, cfg.dropout, self.training)
         for i, block in enumerate(self.blocks):
             x = block(x, rope, None if caches is None else caches[i])
@@ -246,12 +352,13 @@ class GPT(Module):
             n -= self.wpe.weight.data.size
         return n
 
-    def flops_per_token(self, training=True):
-        """6N + 12 L H Q T (PaLM appendix B) with N non-embedding parameters and T the full
-        context; forward only is a third of it."""
+    def flops_per_token(self, training=True, seq_len=None):
+        """6N + 12 L H Q T (PaLM appendix B) with N non-embedding parameters and T the context
+        (`seq_len`, default block_size); forward only is a third of it."""
         c = self.config
         n = self.num_params(non_embedding=True)
-        total = 6 * n + 12 * c.n_layer * c.n_head * c.head_dim * c.block_size
+        T = c.block_size if seq_len is None else seq_len
+        total = 6 * n + 12 * c.n_layer * c.n_head * c.head_dim * T
         return total if training else total // 3
 
     def new_caches(self):

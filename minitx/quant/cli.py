@@ -57,7 +57,8 @@ def quantize_checkpoint(args):
     used = quantize_model(model, args.scheme, skip=skip, **kwargs)
     size = save_quantized_model(model, args.out, options=dict(opts, skip=list(skip)),
                                 source_dir=args.ckpt)
-    src = os.path.getsize(os.path.join(args.ckpt, "model.safetensors"))
+    from minitx.checkpoint import resolve
+    src = os.path.getsize(os.path.join(resolve(args.ckpt), "model.safetensors"))
     n_q = sum(1 for s in used.values() if s != "float32")
     print(f"quantized {n_q}/{len(used)} Linear layers with {args.scheme}; weights in RAM "
           f"{before / 1e6:.2f} MB -> {weight_bytes(model) / 1e6:.2f} MB; model.safetensors "

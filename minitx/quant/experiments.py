@@ -26,12 +26,16 @@ FULL = dict(n_layer=4, n_head=4, n_embd=128, block_size=64)
 
 
 def corpus():
-    """(train, val) uint8 byte arrays from minitx's own .py files."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    files = sorted(glob.glob(os.path.join(root, "**", "*.py"), recursive=True))
-    data = np.frombuffer(b"".join(open(f, "rb").read() for f in files), np.uint8)
+    """(train, val) uint8 byte arrays: the first CORPUS_BYTES of minitx's embedded corpus (the
+    standard library's docstrings and comments), split 90/10. Frozen: adding modules to minitx
+    does not move the tables (it did when the corpus was minitx's own source)."""
+    from minitx.data import default_corpus
+    data = np.frombuffer(default_corpus().encode("utf-8")[:CORPUS_BYTES], np.uint8)
     n = int(0.9 * data.size)
     return data[:n], data[n:]
+
+
+CORPUS_BYTES = 1 << 20
 
 
 def batch(data, B, T, rng):
@@ -55,24 +59,54 @@ def evaluate(model, batches):
         return float(np.mean([float(model(x, y)[1].data) for x, y in batches]))
 
 
+class BatchSampler:
+    """Random (B, T) windows of `data` from a generator seeded by `seed` (minitx.train's sampler
+    interface)."""
+
+    def __init__(self, data, B, seed):
+        self.data, self.B, self.rng = data, B, np.random.default_rng(seed)
+
+    def next_batch(self, trainer):
+        x, y = batch(self.data, self.B, trainer.seq_len, self.rng)
+        return x, y, None
+
+    def state_dict(self):
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, d):
+        self.rng.bit_generator.state = d["rng"]
+
+
+class WarmupCosineFloor:
+    """lr * min(1, (step+1)/warmup) * cos-decay over `steps`, floored at 5% of lr."""
+
+    def __init__(self, lr, steps, warmup):
+        self.lr, self.steps, self.warmup = lr, steps, warmup
+
+    def __call__(self, trainer):
+        s = trainer.step
+        scale = min(1.0, (s + 1) / self.warmup) * 0.5 * (1 + np.cos(np.pi * s / self.steps))
+        return {"lr": self.lr * max(scale, 0.05), "seq_len": trainer.model.config.block_size}
+
+
 def train(model, params, data, steps, B, lr, seed=0, warmup=20):
-    """AdamW on `params` for `steps` steps (linear warmup, cosine decay). Returns last loss."""
-    opt = AdamW(params, lr=lr, weight_decay=0.0)
-    rng = np.random.default_rng(seed)
+    """Fine-tune `params` of `model` for `steps` steps on minitx's one training loop (AdamW
+    without weight decay or clipping, warmup + cosine). Returns the last loss."""
+    from minitx.train import TrainConfig, Trainer
+    params = list(params)
+    tc = TrainConfig(max_steps=steps, batch_size=B, lr=lr, warmup=0, weight_decay=0.0,
+                     betas=(0.9, 0.999), grad_clip=0.0, eval_interval=steps + 1,
+                     log_interval=steps + 1, ckpt_interval=steps + 1, seed=seed)
     model.train()
-    T = model.config.block_size
+    trainer = Trainer(model, tc, data, data[:0], out_dir=None, log=lambda *a: None,
+                      sampler=BatchSampler(data, B, seed),
+                      schedule=WarmupCosineFloor(lr, steps, warmup),
+                      trainable=lambda m: params)
     loss = None
-    for step in range(steps):
-        scale = min(1.0, (step + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * step / steps))
-        for group in opt.param_groups:
-            group["lr"] = lr * max(scale, 0.05)
-        x, y = batch(data, B, T, rng)
-        _, loss = model(x, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    while not trainer.done():
+        loss = trainer.train_step()["loss"]
     model.eval()
-    return float(loss.data)
+    return float(loss)
 
 
 def train_gpt(size=QUICK, steps=300, B=16, lr=3e-3, seed=0):

@@ -27,31 +27,18 @@ QSEP = ".qweight."
 
 
 def _read_config(ckpt_dir):
-    path = os.path.join(ckpt_dir, "config.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{ckpt_dir!r} is not a checkpoint directory: no config.json")
-    with open(path) as f:
-        return json.load(f)
+    from minitx.checkpoint import read_config
+    return read_config(ckpt_dir)
 
 
 def load_float_model(ckpt_dir):
-    """A float GPT from a "minitx-gpt" checkpoint (the lead's `minitx.checkpoint.load_model` when
-    it is present, else read directly from config.json + model.safetensors)."""
-    try:
-        from minitx.checkpoint import load_model
-    except ImportError:
-        load_model = None
+    """A float GPT from a "minitx-gpt" checkpoint."""
+    from minitx.checkpoint import load_gpt
     config = _read_config(ckpt_dir)
     if config.get("format") != FLOAT_FORMAT:
         raise ValueError(f"{ckpt_dir!r} has format {config.get('format')!r}, expected "
                          f"{FLOAT_FORMAT!r} (a float checkpoint) to quantize")
-    if load_model is not None:
-        out = load_model(ckpt_dir)
-        return out[0] if isinstance(out, tuple) else out
-    from minitx.models.gpt import GPT, GPTConfig
-    model = GPT(GPTConfig(**config["model"]))
-    model.load_state_dict(load_file(os.path.join(ckpt_dir, "model.safetensors")))
-    return model.eval()
+    return load_gpt(ckpt_dir)
 
 
 def save_quantized_model(model, out_dir, options=None, source_dir=None):
@@ -66,6 +53,8 @@ def save_quantized_model(model, out_dir, options=None, source_dir=None):
     Returns:
         total bytes of model.safetensors.
     """
+    from minitx.checkpoint import resolve
+    source_dir = resolve(source_dir) if source_dir else None
     os.makedirs(out_dir, exist_ok=True)
     tensors = {k: v.astype(np.float32) if v.dtype == np.float64 else v
                for k, v in model.state_dict().items()}
@@ -97,12 +86,14 @@ def load_quantized_model(ckpt_dir):
     Returns:
         GPT.
     """
-    from minitx.models.gpt import GPT, GPTConfig
+    from minitx.checkpoint import resolve
+    from minitx.models.gpt import GPT, GPTConfig, upgrade_state_dict
 
+    ckpt_dir = resolve(ckpt_dir)
     config = _read_config(ckpt_dir)
     if config.get("format") != FORMAT:
         raise ValueError(f"{ckpt_dir!r} has format {config.get('format')!r}, expected {FORMAT!r}")
-    tensors = load_file(os.path.join(ckpt_dir, "model.safetensors"))
+    tensors = upgrade_state_dict(load_file(os.path.join(ckpt_dir, "model.safetensors")))
     model = GPT(GPTConfig(**config["model"]))
     for name, meta in config["quantization"]["layers"].items():
         prefix = f"{name}{QSEP}"

@@ -1,0 +1,56 @@
+"""`python -m minitx generate`: sample text from a checkpoint with a KV cache."""
+import math
+import sys
+import time
+
+import numpy as np
+
+from minitx.checkpoint import load_model
+from minitx.tokenizer import ByteTokenizer
+
+
+def add_parser(sub):
+    p = sub.add_parser("generate", help="sample text from a checkpoint")
+    p.add_argument("--ckpt", default="out", help="checkpoint directory (default: out)")
+    p.add_argument("--prompt", default="\n", help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
+    p.add_argument("--top-k", type=int, default=40, help="0: no top-k")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def check_sampling(max_new_tokens, temperature, top_k, seed):
+    """The sampling flags' ranges, before any model is loaded."""
+    if max_new_tokens < 0:
+        raise ValueError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
+    if not math.isfinite(temperature) or temperature < 0 or 0 < temperature < 1e-3:
+        raise ValueError(f"--temperature must be 0 (greedy) or a finite number >= 0.001, got "
+                         f"{temperature}")
+    if top_k < 0:
+        raise ValueError(f"--top-k must be >= 0 (0: no top-k), got {top_k}")
+    if seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {seed}")
+
+
+def print_sample(model, prompt, n, temperature, top_k, seed):
+    tok = ByteTokenizer()
+    ids = tok.encode(prompt)
+    if ids.size == 0:
+        raise ValueError("the prompt is empty: give at least one character")
+    t0 = time.perf_counter()
+    out = model.generate(ids, n, temperature=temperature, top_k=top_k or None,
+                         rng=np.random.default_rng(seed))
+    dt = time.perf_counter() - t0
+    print("-" * 60)
+    print(tok.decode(out[0]))
+    print("-" * 60)
+    print(f"{n} tokens in {dt:.2f}s ({n / max(dt, 1e-9):.0f} tok/s)", file=sys.stderr)
+
+
+def run(args):
+    check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.seed)
+    model = load_model(args.ckpt)
+    print_sample(model, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
+                 args.seed)
+    return 0
