@@ -360,3 +360,52 @@ def _check_shapes(g, hp):
         if g.tensors[name].shape != shape:
             raise ValueError(f"{g.path}: tensor {name!r} has shape {g.tensors[name].shape}, "
                              f"expected {shape}")
+
+
+def gpt_config(hp, tied):
+    """The GPTConfig of minitx's Llama-flavoured GPT with these hyper-parameters."""
+    from minitx.models.gpt import GPTConfig
+    return GPTConfig(vocab_size=hp.vocab_size, block_size=hp.context_length,
+                     n_layer=hp.n_layer, n_head=hp.n_head, n_embd=hp.n_embd, bias=False,
+                     norm="rmsnorm", pos="rope", mlp="swiglu", tie_weights=tied,
+                     head_dim=hp.head_dim, n_kv_head=hp.n_kv_head, ffn_hidden=hp.ffn_hidden,
+                     rope_base=hp.rope_base, norm_eps=hp.norm_eps, fused_qkv=False)
+
+
+GPT_NAMES = {"attn_norm": "ln1", "ffn_norm": "ln2", "attn_q": "attn.q_proj",
+             "attn_k": "attn.k_proj", "attn_v": "attn.v_proj", "attn_output": "attn.o_proj",
+             "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+
+
+def _file_gpt_class():
+    from minitx.models.gpt import GPT
+
+    class FileGPT(GPT):
+        """A GPT whose weights come from a file: the random initialisation is skipped."""
+
+        def _init_weights(self):
+            pass
+    return FileGPT
+
+
+def load_gpt(path):
+    """minitx's GPT with every weight of a llama GGUF decoded to float32 (Q/K unpermuted)."""
+    from minitx.gguf import open_gguf
+    _FileGPT = _file_gpt_class()
+    g = open_gguf(path)
+    hp = LlamaHParams.from_metadata(g.metadata, g.path)
+    _check_shapes(g, hp)
+    tied = "output.weight" not in g.tensors
+    state = {"wte.weight": g.dequantize("token_embd.weight"),
+             "ln_f.weight": g.dequantize("output_norm.weight")}
+    if not tied:
+        state["lm_head.weight"] = g.dequantize("output.weight")
+    heads = {"attn_q": hp.n_head, "attn_k": hp.n_kv_head}
+    for i in range(hp.n_layer):
+        for short, name in GPT_NAMES.items():
+            w = g.dequantize(f"blk.{i}.{short}.weight")
+            state[f"blocks.{i}.{name}.weight"] = unpermute_qk(w, heads[short]) \
+                if short in heads else w
+    model = _FileGPT(gpt_config(hp, tied))
+    model.load_state_dict(state)
+    return model.eval()

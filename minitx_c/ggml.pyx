@@ -39,7 +39,7 @@ cdef enum:
     Q4_1 = 3
     Q8_0 = 8
     GEMM_MIN_M = 16          # from this many rows of x on, decode tiles and use the GEMM
-    NR = 64                  # output rows per decoded tile (as the NumPy twin's NR)
+    NR = 256                 # output rows per decoded tile (as the NumPy twin's NR)
 
 cdef Py_ssize_t PARALLEL_MIN_BYTES = 1 << 16     # smaller weights run on one thread
 

@@ -7,9 +7,10 @@ compute y = x @ W^T for float32 activations x (M, K), giving (M, N), without a f
 ggml_matmul  (float activations)          for each tile of NR output rows n0..n0+NR:
                                                Wt = decode(raw[n0:n0+NR])        (NR, K)
                                                y[:, n0:n0+NR] = x @ Wt^T
-             The Cython twin runs the same loop with NR = 1 row per step (OpenMP over rows):
-             each 32-value block is decoded into registers and multiplied straight into the
-             M running dot products, so no decoded row is ever stored.
+             The Cython twin runs this loop (tiles decoded in parallel, then its float32 GEMM)
+             when x has many rows (a prompt). For a few rows (decoding) it takes NR = 1 row per
+             step (OpenMP over rows): each 32-value block is decoded in registers and dotted
+             with the activations, so no decoded weight is stored at all.
 
 ggml_matmul_q8 (the llama.cpp way)        activations are quantized per 32-block to int8 first
              (Q8_0: dx = absmax / 127, xq = round(x / dx)), then every block product is an
@@ -31,7 +32,7 @@ from minitx.quant.ggml_types import GGML_TYPES
 
 QK = 32
 KERNEL_TYPES = {2: "Q4_0", 3: "Q4_1", 8: "Q8_0"}
-NR = 64                          # output rows decoded per tile in the NumPy twin
+NR = 256                         # output rows decoded per tile (as minitx_c.ggml)
 
 
 def check_ggml_matmul(x, w, qtype):
@@ -75,7 +76,7 @@ def ggml_matmul(x, w, qtype):
 def quantize_activations_q8(x):
     """x (M, K) float32 -> (xq (M, K / 32, 32) int8, dx (M, K / 32) float32, sx (M, K / 32)
     float32 = dx * sum(xq) per block): Q8_0 with float32 scales, round half away from zero."""
-    xb = x.reshape(x.shape[0], -1, QK)                                  # (M, nb, 32)
+    xb = x.reshape(x.shape[0], x.shape[1] // QK, QK)                    # (M, nb, 32)
     dx = np.abs(xb).max(axis=-1) / np.float32(127)                      # (M, nb)
     inv = np.where(dx > 0, np.float32(1) / np.where(dx > 0, dx, 1), 0).astype(np.float32)
     v = xb * inv[..., None]
