@@ -147,7 +147,8 @@ def _compare(logits, topk_ids, topk_logits, lse):
 def test_smollm2_quantized_logits_match_transformers(on_backend):
     model = gguf.load_model(SMOLLM2, quantized=True)
     assert model.hp.n_kv_head == 3 and model.hp.rope_base == 100000.0
-    for ids, topk_ids, topk_logits, lse, _ in _reference():
+    cases = _reference() if on_backend == "c" else _reference()[:1]   # NumPy twin: slower
+    for ids, topk_ids, topk_logits, lse, _ in cases:
         diff, top1 = _compare(model(ids[None])[0].data[0], topk_ids, topk_logits, lse)
         assert diff < ATOL["float32_vs_reference"] and top1 == 1.0, (diff, top1)
 
