@@ -5,12 +5,16 @@ compensation layers) plugs in here; none writes a loop of its own.
 
 Extension points of `Trainer` (each keeps its state in the checkpoint, so --resume is exact):
     sampler     what batch comes next: `next_batch(trainer) -> (x, y, weights or None)`, with
-                `state_dict()` / `load_state_dict(d)`. Default `UniformSampler`.
+                `state_dict()` / `load_state_dict(d)`; per-example `weights` (B,) weight the
+                loss, and a sampler with `update(trainer, losses)` then gets each example's
+                loss after the step. Default `UniformSampler`.
     schedule    the per-step settings: `schedule(trainer) -> {"lr": float, "seq_len": int}`,
                 read before each step (trainer.step = optimizer steps taken so far). Default
                 `CosineSchedule` (warmup + cosine, full context).
     trainable   `trainable(model) -> list of Parameters` to optimise (default: all of them).
-    extensions  objects with any of the hooks `on_start(trainer)`, `on_step_begin(trainer)`,
+    extensions  objects with any of the hooks `on_init(trainer)` (at construction, before a
+                checkpoint's state is loaded: install a schedule or sampler here),
+                `on_start(trainer)`, `on_step_begin(trainer)`,
                 `on_step_end(trainer, metrics)`, and `name`, `state_dict()`,
                 `load_state_dict(d)`. A hook may replace trainer.model and trainer.optimizer
                 (growth does), or add to trainer.progress (shown on the progress line).
@@ -183,10 +187,11 @@ class Trainer:
         self.optimizer = make_optimizer(self.trainable(model), tc)
         self.step, self.tokens, self.flops = 0, 0, 0.0      # optimizer steps taken, totals
         self.seq_len, self.lr = model.config.block_size, tc.lr
-        self.val_loss, self.progress = None, {}
+        self.val_loss, self.progress, self.example_losses = None, {}, None
         names = [e.name for e in self.extensions]
         if len(set(names)) != len(names):
             raise ValueError(f"two extensions share a name: {names}")
+        self._hook("on_init")                 # may install a schedule or sampler of its own
 
     # ------------------------------------------------------------ state
     def state_dict(self):
@@ -234,6 +239,7 @@ class Trainer:
         B, T = y.shape
         per_token = F.cross_entropy(logits.reshape(B * T, -1), y.reshape(B * T),
                                     reduction="none").reshape(B, T)        # (B, T)
+        self.example_losses = per_token.data.mean(axis=1)                  # (B,) for samplers
         w = np.asarray(weights, dtype=per_token.dtype).reshape(B, 1) / (B * T)
         return (per_token * w).sum()
 
@@ -252,6 +258,8 @@ class Trainer:
                                 f"saving, the last good checkpoint in {self.out_dir} is kept. "
                                 "Try a lower --lr.")
         loss.backward()
+        if weights is not None and hasattr(self.sampler, "update"):
+            self.sampler.update(self, self.example_losses)                 # e.g. hard examples
         grad_norm = None
         if self.tc.grad_clip:
             optimized = {id(p) for g in self.optimizer.param_groups for p in g["params"]}

@@ -12,6 +12,7 @@ TRAIN_FLAGS = ("max_steps", "batch_size", "lr", "min_lr", "seed", "eval_interval
                "ckpt_interval", "warmup", "log_interval", "weight_decay", "grad_clip",
                "max_tokens")
 ATTENTION = ("naive", "flash1", "flash2", "c")
+PACING = ("fixed_linear", "fixed_root", "fixed_discrete", "two_stage")
 
 
 def add_parser(sub):
@@ -33,7 +34,36 @@ def add_parser(sub):
                        help=f"(default: {'lr / 10' if name == 'min_lr' else default})")
     p.add_argument("--sample-tokens", type=int, default=200,
                    help="print a sample of this many bytes after training (0: none)")
+    add_curriculum_flags(p)
     return p
+
+
+def add_curriculum_flags(p):
+    g = p.add_argument_group("curriculum (minitx.curriculum, minitx.hard_examples)")
+    g.add_argument("--curriculum", choices=("none", "seqlen"), default="none",
+                   help="seqlen: sequence-length warmup")
+    g.add_argument("--pacing", choices=PACING, default="fixed_linear",
+                   help="pacing function (DeepSpeed's names; two_stage: --min-len for "
+                        "--curriculum-steps steps, then the full block)")
+    g.add_argument("--min-len", type=int, default=8, help="first sequence length")
+    g.add_argument("--curriculum-steps", type=int, default=300,
+                   help="total_curriculum_step (the switch step for two_stage)")
+    g.add_argument("--difficulty-step", type=int, default=8,
+                   help="lengths are multiples of this (must divide --min-len and block_size)")
+    g.add_argument("--root-degree", type=float, default=2.0, help="fixed_root's root degree")
+    g.add_argument("--discrete", default=None,
+                   help="fixed_discrete: 'LEN:STEP,LEN:STEP,...,LEN' (length up to that step)")
+    g.add_argument("--curriculum-config", default=None,
+                   help="a JSON file holding DeepSpeed's curriculum_learning block")
+    g.add_argument("--seqlen-mode", choices=("truncate", "reshape"), default="truncate")
+    g.add_argument("--lr-decay", choices=("steps", "tokens"), default="steps",
+                   help="count the cosine schedule in optimizer steps or in tokens")
+    g.add_argument("--sampler", choices=("uniform", "hard", "scored"), default="uniform")
+    g.add_argument("--scorer", default=None, help="checkpoint of the scorer model (scored)")
+    g.add_argument("--hard-temperature", type=float, default=1.0)
+    g.add_argument("--hard-floor", type=float, default=0.1)
+    g.add_argument("--importance", action="store_true", help="hard: unbiased importance weights")
+    g.add_argument("--mix-steps", type=int, default=100, help="scored: steps from uniform to hard")
 
 
 def check_out_dir(path):
@@ -70,13 +100,14 @@ def run(args):
     tc = TrainConfig(**{k: getattr(args, k) for k in TRAIN_FLAGS})
     overrides = {"attention": args.attention} if args.attention else {}
     model_config = get_config(args.config or "default", **overrides)
+    extensions = curriculum_extensions(args, tc, model_config)
     check_out_dir(args.out)
     check_memory(tc.batch_size, model_config.block_size, model_config.vocab_size)
     text = load_text(args.data) if args.data else default_corpus()
     print(f"minitx: training config '{args.config or 'default'}' on "
           f"{args.data if args.data else 'the embedded corpus'} "
           f"({len(text.encode('utf-8')):,} bytes), backend {backend.active()}, out {args.out}")
-    result = train(model_config, tc, text, args.out, resume=args.resume)
+    result = train(model_config, tc, text, args.out, resume=args.resume, extensions=extensions)
     gap = result["unigram_loss"] - result["val_loss"]
     print(f"done: {result['step']} steps in {result['seconds']:.0f}s, "
           f"{result['tokens_per_s']:,.0f} tok/s, {result['flops'] / 1e12:.2f} TFLOP | val loss "
@@ -86,3 +117,73 @@ def run(args):
         from minitx.commands.generate import print_sample
         print_sample(result["model"], "The ", args.sample_tokens, 0.8, 40, args.seed)
     return 0
+
+
+def curriculum_config(args, block_size):
+    """DeepSpeed's curriculum_learning dict from the flags (or --curriculum-config)."""
+    if args.curriculum_config:
+        import json
+        try:
+            with open(args.curriculum_config, encoding="utf-8") as f:
+                return json.load(f)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--curriculum-config {args.curriculum_config}: {e}") from None
+    if args.pacing == "two_stage":
+        from minitx.curriculum import two_stage
+        return two_stage(args.min_len, block_size, args.curriculum_steps)
+    if args.pacing == "fixed_discrete":
+        if not args.discrete:
+            raise ValueError("--pacing fixed_discrete needs --discrete 'LEN:STEP,...,LEN'")
+        parts = args.discrete.split(",")
+        try:
+            lengths = [int(p.split(":")[0]) for p in parts]
+            steps = [int(p.split(":")[1]) for p in parts[:-1]]
+        except (ValueError, IndexError):
+            raise ValueError(f"--discrete {args.discrete!r}: expected 'LEN:STEP,...,LEN'") from None
+        return {"min_difficulty": min(lengths), "max_difficulty": max(lengths),
+                "schedule_type": "fixed_discrete",
+                "schedule_config": {"difficulty": lengths, "max_step": steps}}
+    sc = {"total_curriculum_step": args.curriculum_steps, "difficulty_step": args.difficulty_step}
+    if args.pacing == "fixed_root":
+        sc["root_degree"] = args.root_degree
+    return {"min_difficulty": args.min_len, "max_difficulty": block_size,
+            "schedule_type": args.pacing, "schedule_config": sc}
+
+
+def curriculum_extensions(args, tc, model_config):
+    """The loop extensions the curriculum flags ask for, validated before any work."""
+    from minitx.curriculum import CurriculumScheduler, SeqLenWarmup, TokenLRDecay
+    from minitx.hard_examples import HardExamples
+    block = model_config.block_size
+    out = []
+    if args.sampler != "uniform":
+        if args.sampler == "scored" and not args.scorer:
+            raise ValueError("--sampler scored needs --scorer CKPT (a small model trained first)")
+        scorer = None
+        if args.sampler == "scored":
+            from minitx.checkpoint import load_model
+            scorer = load_model(args.scorer)
+            opts = dict(temperature=args.hard_temperature, floor=args.hard_floor,
+                        mix_steps=args.mix_steps)
+        else:
+            opts = dict(temperature=args.hard_temperature, floor=args.hard_floor,
+                        importance=args.importance)
+        if not (args.hard_temperature > 0 and 0 <= args.hard_floor <= 1 and args.mix_steps >= 0):
+            raise ValueError(f"need --hard-temperature > 0, --hard-floor in [0, 1] and "
+                             f"--mix-steps >= 0, got {args.hard_temperature}, "
+                             f"{args.hard_floor}, {args.mix_steps}")
+        out.append(HardExamples(args.sampler, scorer, **opts))
+    if args.curriculum == "seqlen":
+        if args.curriculum_steps < 1:
+            raise ValueError(f"--curriculum-steps must be >= 1, got {args.curriculum_steps}")
+        sched = CurriculumScheduler(curriculum_config(args, block), strict=True)
+        if sched.max > block:
+            raise ValueError(f"the curriculum's longest length {sched.max} exceeds block_size "
+                             f"{block}")
+        if args.seqlen_mode == "reshape" and args.sampler != "uniform":
+            raise ValueError("--seqlen-mode reshape works with --sampler uniform only")
+        out.append(SeqLenWarmup(sched, args.seqlen_mode))
+    if args.lr_decay == "tokens":
+        per_step = tc.batch_size * block
+        out.append(TokenLRDecay(tc.max_tokens or tc.max_steps * per_step, tc.warmup * per_step))
+    return out
