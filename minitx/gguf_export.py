@@ -125,7 +125,7 @@ def _metadata(cfg, file_type, qname):
         "llama.attention.value_length": cfg.head_dim,
         "llama.vocab_size": cfg.vocab_size,
         "tokenizer.ggml.model": "gpt2",
-        "tokenizer.ggml.pre": "default",
+        "tokenizer.ggml.pre": "gpt2",
         "tokenizer.ggml.tokens": [chars[b] for b in range(256)],
         "tokenizer.ggml.token_type": [1] * 256,
         "tokenizer.ggml.merges": [],

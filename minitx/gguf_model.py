@@ -161,8 +161,8 @@ class KVCache:
 
 def rms_norm(x, g, eps):
     """x (..., C) float32 -> x / sqrt(mean(x^2) + eps) * g."""
-    ms = np.mean(x * x, axis=-1, keepdims=True)
-    return x * (1.0 / np.sqrt(ms + np.float32(eps))).astype(np.float32) * g
+    ms = np.square(x).sum(axis=-1, keepdims=True) * np.float32(1.0 / x.shape[-1])
+    return x * (np.float32(1.0) / np.sqrt(ms + np.float32(eps))) * g
 
 
 def _rope(x, cos, sin):

@@ -4,13 +4,13 @@
 ggml_matmul (float activations), same loop as the NumPy twin over output rows:
   * few rows of x (decoding, M < GEMM_MIN_M): OpenMP over output rows n; for each row, every
     32-value block is decoded in registers and dotted with the M activation blocks
-    (`mtx_dot_q4_f32` / `mtx_dot_q8_f32` in ggml_simd.h), using
+    (`mtx_row_f32` in ggml_simd.h), using
         Q8_0: d * sum q x      Q4_0: d * (sum nib x - 8 sum x)      Q4_1: d * sum nib x + m sum x
     with the block sums of x computed once per call. No decoded weight is stored anywhere.
   * many rows (prompt processing): NR output rows at a time are decoded into a float32 tile
     (NR x K, OpenMP over rows) and multiplied on minitx's float32 GEMM, as the NumPy twin does.
 ggml_matmul_q8 (the llama.cpp way): x quantized per 32-block to int8 (dx = absmax / 127), then
-  integer block dot products (`mtx_dot_q4_q8`, `mtx_dot_q8_q8`: AVX2 vpmaddubsw / vpmaddwd),
+  integer block dot products (`mtx_row_q8`: AVX2 vpmaddubsw / vpmaddwd),
   one float multiply-add per block; OpenMP over output rows.
 Arguments are validated by the NumPy twin's `check_ggml_matmul` before the GIL is released.
 """
@@ -28,10 +28,10 @@ cnp.import_array()
 
 cdef extern from "ggml_simd.h" nogil:
     int mtx_ggml_simd()
-    float mtx_dot_q4_f32(const uint8_t *qs, const float *x)
-    float mtx_dot_q8_f32(const int8_t *q, const float *x)
-    int mtx_dot_q4_q8(const uint8_t *qs, const int8_t *xq)
-    int mtx_dot_q8_q8(const int8_t *q, const int8_t *xq)
+    float mtx_row_f32(int qtype, const uint8_t *row, long nb, const float *x, const float *xs,
+                      const float *f16)
+    float mtx_row_q8(int qtype, const uint8_t *row, long nb, const int8_t *xq, const float *dx,
+                     const float *sx, const float *f16)
 
 cdef enum:
     QK = 32
@@ -72,24 +72,11 @@ cdef void _block_sums(const float *X, Py_ssize_t M, Py_ssize_t K, float *xs) noe
 cdef void _row_float(int qtype, const uint8_t *row, Py_ssize_t ts, const float *X,
                      const float *xs, Py_ssize_t M, Py_ssize_t K, float *Y, Py_ssize_t N,
                      Py_ssize_t n) noexcept nogil:
-    """Y[:, n] = X @ W[n]^T with W[n] decoded block by block in registers."""
-    cdef Py_ssize_t m, b, nb = K // QK
-    cdef const uint8_t *blk
-    cdef float acc, d
+    """Y[:, n] = X @ W[n]^T with W[n] decoded block by block in registers (mtx_row_f32:
+    Q8_0: d * sum q x; Q4_0: d * (sum nib x - 8 sum x); Q4_1: d * sum nib x + m sum x)."""
+    cdef Py_ssize_t m, nb = K // QK
     for m in range(M):
-        acc = 0
-        for b in range(nb):
-            blk = row + b * ts
-            d = _half(blk)
-            if qtype == Q8_0:
-                acc = acc + d * mtx_dot_q8_f32(<const int8_t *>(blk + 2), X + m * K + b * QK)
-            elif qtype == Q4_0:
-                acc = acc + d * (mtx_dot_q4_f32(blk + 2, X + m * K + b * QK)
-                                 - 8 * xs[m * nb + b])
-            else:
-                acc = acc + d * mtx_dot_q4_f32(blk + 4, X + m * K + b * QK) \
-                    + _half(blk + 2) * xs[m * nb + b]
-        Y[m * N + n] = acc
+        Y[m * N + n] = mtx_row_f32(qtype, row, nb, X + m * K, xs + m * nb, &F16[0])
 
 
 cdef void _decode_row(int qtype, const uint8_t *row, Py_ssize_t ts, Py_ssize_t K,
@@ -181,26 +168,10 @@ cdef void _quantize_q8(const float *X, Py_ssize_t M, Py_ssize_t K, int8_t *xq, f
 cdef void _row_q8(int qtype, const uint8_t *row, Py_ssize_t ts, const int8_t *xq,
                   const float *dx, const float *sx, Py_ssize_t M, Py_ssize_t K, float *Y,
                   Py_ssize_t N, Py_ssize_t n) noexcept nogil:
-    """Y[:, n] by integer block dot products against the int8 activations."""
-    cdef Py_ssize_t m, b, nb = K // QK
-    cdef const uint8_t *blk
-    cdef float acc, d
-    cdef int isum
+    """Y[:, n] by integer block dot products against the int8 activations (mtx_row_q8)."""
+    cdef Py_ssize_t m, nb = K // QK
     for m in range(M):
-        acc = 0
-        for b in range(nb):
-            blk = row + b * ts
-            d = _half(blk)
-            if qtype == Q8_0:
-                isum = mtx_dot_q8_q8(<const int8_t *>(blk + 2), xq + m * K + b * QK)
-                acc = acc + d * dx[m * nb + b] * isum
-            elif qtype == Q4_0:
-                isum = mtx_dot_q4_q8(blk + 2, xq + m * K + b * QK)
-                acc = acc + d * (dx[m * nb + b] * isum - 8 * sx[m * nb + b])
-            else:
-                isum = mtx_dot_q4_q8(blk + 4, xq + m * K + b * QK)
-                acc = acc + d * dx[m * nb + b] * isum + _half(blk + 2) * sx[m * nb + b]
-        Y[m * N + n] = acc
+        Y[m * N + n] = mtx_row_q8(qtype, row, nb, xq + m * K, dx + m * nb, sx + m * nb, &F16[0])
 
 
 def ggml_matmul_q8(x, w, int qtype):
