@@ -18,6 +18,8 @@ COMMANDS = {
     "train": "minitx.commands.train",
     "generate": "minitx.commands.generate",
     "quantize": "minitx.commands.quantize",
+    "chat": "minitx.commands.chat",
+    "export-gguf": "minitx.commands.export_gguf",
 }
 
 USER_ERRORS = (DataError, CheckpointError, SafetensorsError, TrainingError, ValueError,
