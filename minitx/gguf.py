@@ -292,8 +292,11 @@ class GGUFFile:
 
     def dequantize(self, name):
         """The tensor as a new float32 array in NumPy's shape (any decodable type)."""
-        from minitx.quant.ggml import dequantize_rows
+        from minitx.quant.ggml import DEQUANTIZERS, dequantize_rows
         t = self.info(name)
+        if t.type.name not in DEQUANTIZERS:
+            raise GGUFError(f"{self.path}: tensor {name!r} is {t.type.name}, which minitx "
+                            f"cannot decode (decodable: {sorted(DEQUANTIZERS)})")
         return dequantize_rows(self.raw(name), t.type_id, t.ne[0]).reshape(t.shape)
 
 

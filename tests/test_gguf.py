@@ -194,3 +194,13 @@ def test_smollm2_header():
     assert emb.ne == (576, 49152) and emb.shape == (49152, 576)
     assert g.raw("token_embd.weight").shape == (49152, 576 // 32 * 34)
     assert g.tensor("output_norm.weight").shape == (576,)
+
+
+def test_nesting_depth_is_bounded(tmp_path):
+    deep = 1
+    for _ in range(9):
+        deep = [deep]
+    path = tmp_path / "deep.gguf"
+    write_gguf(path, {"deep": deep}, {}, {"deep": "ARRAY[" * 9 + "INT32" + "]" * 9})
+    with pytest.raises(GGUFError, match="nested deeper than 8"):
+        open_gguf(path)
