@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # source checkout
+
 N_PROMPT, N_DECODE = 64, 32
 GB = 1e9
 
