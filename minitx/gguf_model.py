@@ -147,7 +147,9 @@ class KVCache:
     def append(self, k, v):
         """Add k, v (B, Hkv, T, d); returns the views (B, Hkv, n, d) of everything cached."""
         B, Hkv, T, d = k.shape
-        if self.k is None or self.n + T > self.k.shape[2] or self.k.shape[0] != B:
+        if self.k is not None and self.k.shape[0] != B:
+            raise ValueError(f"this cache holds a batch of {self.k.shape[0]}, got {B}")
+        if self.k is None or self.n + T > self.k.shape[2]:
             cap = max(256, 2 * (self.n + T))
             new_k, new_v = (np.empty((B, Hkv, cap, d), np.float32) for _ in range(2))
             if self.k is not None:
@@ -197,9 +199,21 @@ class GGUFLlama:
     def eval(self):
         return self
 
+    def train(self, mode=True):
+        """Inference only: there is no training mode to switch to."""
+        if mode:
+            raise ValueError("GGUFLlama is inference only (use load_model(quantized=False) "
+                             "for a trainable GPT)")
+        return self
+
     def new_caches(self):
         """One empty KV cache per block."""
         return [KVCache() for _ in self.layers]
+
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, rng=None):
+        """Sample continuations with the KV cache, as `GPT.generate` (minitx.generate.sample)."""
+        from minitx.generate import sample
+        return sample(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, rng=rng)
 
     def weight_bytes(self):
         """Bytes of weights read per decoded token (every matrix once, the head included)."""

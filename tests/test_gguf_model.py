@@ -103,6 +103,8 @@ def test_kv_cache_and_batched_prompt_equal_full_forward(tmp_path, on_backend):
     np.testing.assert_allclose(full[1:], one, atol=ATOL["float32_paths"], rtol=0)
     last = model(ids, last_only=True)[0].data
     np.testing.assert_allclose(last[:, 0], full[:, -1], atol=ATOL["float32_paths"], rtol=0)
+    out = model.generate(ids[:1, :4], 3, temperature=0)                 # minitx.generate.sample
+    np.testing.assert_array_equal(out[0, 4], full[0, 3].argmax())
     with pytest.raises(ValueError, match="start_pos 3 does not match"):
         model(ids[:, :1], caches=caches, start_pos=3)
     with pytest.raises(ValueError, match=r"token ids must be in \[0, 256\)"):
