@@ -34,7 +34,7 @@ import struct
 
 import numpy as np
 
-from minitx.quant.ggml_types import GGML_TYPES, ggml_type
+from minitx.quant.ggml_types import GGML_TYPES
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
