@@ -12,7 +12,9 @@ Gradient rules follow PyTorch:
   - `.grad` accumulates (adds up) across `backward()` calls until it is zeroed;
   - a graph is freed by its backward pass; a second `backward()` through it is an error unless
     the first used `retain_graph=True`;
-  - broadcasting in the forward pass is undone by summing in the backward pass (`unbroadcast`).
+  - broadcasting in the forward pass is undone by summing in the backward pass (`unbroadcast`);
+  - a gradient has its input's dtype (a float32 leaf never gets a float64 `.grad`).
+Arithmetic promotes dtypes by PyTorch's rules (`minitx.promotion`): int tensor * 0.5 is float32.
 
 Reference: Baydin et al. 2018, "Automatic differentiation in machine learning: a survey",
 arXiv 1502.05767, section 3.2 (reverse mode).
@@ -21,6 +23,7 @@ import contextlib
 
 import numpy as np
 
+from minitx import promotion
 
 _grad_enabled = True
 
@@ -227,6 +230,8 @@ class Tensor:
             for a, ga in zip(args, in_grads):
                 if ga is None or not isinstance(a, Tensor) or not a.requires_grad:
                     continue
+                if ga.dtype != a.dtype:                       # a float32 leaf gets a
+                    ga = ga.astype(a.dtype)                   # float32 grad, as in torch
                 if ga.shape != a.shape:
                     raise RuntimeError(f"{fn.__name__}.backward gave a gradient of shape "
                                        f"{ga.shape} for an input of shape {a.shape}")
@@ -242,25 +247,38 @@ class Tensor:
             return other
         return Tensor(np.asarray(other, dtype=self.data.dtype))
 
-    def __add__(self, other): return Add.apply(self, self._lift(other))
-    def __radd__(self, other): return Add.apply(self._lift(other), self)
-    def __sub__(self, other): return Sub.apply(self, self._lift(other))
-    def __rsub__(self, other): return Sub.apply(self._lift(other), self)
-    def __mul__(self, other): return Mul.apply(self, self._lift(other))
-    def __rmul__(self, other): return Mul.apply(self._lift(other), self)
-    def __truediv__(self, other): return Div.apply(self, self._lift(other))
-    def __rtruediv__(self, other): return Div.apply(self._lift(other), self)
+    def _operands(self, other, true_divide=False):
+        """(self, other) as Tensors of their promoted dtype (minitx.promotion: PyTorch's rules)."""
+        dt = self.data.dtype
+        same = isinstance(other, Tensor) and other.data.dtype == dt    # fast paths: most calls
+        if not (same or (isinstance(other, (float, int)) and dt.kind == "f")):
+            dt = promotion.result_type([_kind(self), _kind(other)])
+        if true_divide and promotion.category(dt) != promotion.FLOATING:
+            dt = promotion.DEFAULT[promotion.FLOATING]          # int / int is float32, as torch
+        return _cast(self, dt), _cast(other, dt)
+
+    def __add__(self, other): return Add.apply(*self._operands(other))
+    def __radd__(self, other): return Add.apply(*reversed(self._operands(other)))
+    def __sub__(self, other): return Sub.apply(*self._operands(other))
+    def __rsub__(self, other): return Sub.apply(*reversed(self._operands(other)))
+    def __mul__(self, other): return Mul.apply(*self._operands(other))
+    def __rmul__(self, other): return Mul.apply(*reversed(self._operands(other)))
+    def __truediv__(self, other): return Div.apply(*self._operands(other, true_divide=True))
+    def __rtruediv__(self, other):
+        return Div.apply(*reversed(self._operands(other, true_divide=True)))
     def __neg__(self): return Neg.apply(self)
     def __matmul__(self, other): return MatMul.apply(self, self._lift(other))
     def __rmatmul__(self, other): return MatMul.apply(self._lift(other), self)
 
     def __pow__(self, exponent):
+        base, exp = self._operands(exponent)
         if isinstance(exponent, Tensor):
-            return Exp.apply(Mul.apply(exponent, Log.apply(self)))   # a**b = exp(b log a)
-        return Pow.apply(self, exponent=float(exponent))
+            return PowTensor.apply(base, exp)
+        return Pow.apply(base, exponent=exp.data)
 
     def __rpow__(self, base):
-        return Exp.apply(Mul.apply(self, self._lift(np.log(base))))
+        exp, base = self._operands(base)
+        return PowTensor.apply(base, exp)
 
     # comparisons give plain boolean arrays (no gradient), like torch's bool tensors
     def __lt__(self, other): return self.data < _as_array(other)
@@ -271,7 +289,7 @@ class Tensor:
     def exp(self): return Exp.apply(self)
     def log(self): return Log.apply(self)
     def tanh(self): return Tanh.apply(self)
-    def sqrt(self): return Pow.apply(self, exponent=0.5)
+    def sqrt(self): return self ** 0.5
     def abs(self): return Abs.apply(self)
     def relu(self): return Relu.apply(self)
     def matmul(self, other): return self @ other
@@ -382,11 +400,25 @@ def _topological_order(root):
     return post
 
 
+def _kind(x):
+    """(dtype, priority) of an operand for minitx.promotion.result_type."""
+    if isinstance(x, Tensor):
+        return x.dtype, "dim" if x.ndim else "zero"
+    return np.asarray(x).dtype, "wrapped"
+
+
+def _cast(x, dtype):
+    """x as a Tensor of `dtype`: a differentiable Cast for Tensors, a constant otherwise."""
+    if not isinstance(x, Tensor):
+        return Tensor(np.asarray(x, dtype=dtype))
+    return x if x.dtype == dtype else Cast.apply(x, dtype=dtype)
+
+
 def _dims(dim):
     return (dim,) if isinstance(dim, int) else tuple(dim)
 
 
 # The primitives subclass Function (defined above), so they are imported last.
 from minitx.functions import (Abs, Add, Cast, Div, Exp, GetItem, Log, MaskedFill,  # noqa: E402
-                              MatMul, Max, Mean, Mul, Neg, Permute, Pow, Relu, Reshape, Sub, Sum,
-                              Tanh)
+                              MatMul, Max, Mean, Mul, Neg, Permute, Pow, PowTensor, Relu, Reshape,
+                              Sub, Sum, Tanh)

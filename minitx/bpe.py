@@ -273,6 +273,7 @@ class BPETokenizer:
 
     @property
     def vocab_size(self):
+        """Number of tokens (ids are 0 .. vocab_size - 1)."""
         return len(self.tokens)
 
     def _encode_piece(self, piece):
@@ -326,7 +327,14 @@ class BPETokenizer:
         return ids
 
     def decode_bytes(self, ids, skip_special=False):
-        """Ids -> the raw bytes they stand for (special tokens as their text unless skipped)."""
+        """Ids -> the raw bytes they stand for.
+
+        Args:
+            ids: iterable of int in [0, vocab_size).
+            skip_special: leave control tokens out (otherwise they are their own UTF-8 text).
+        Returns:
+            bytes, possibly ending (or broken) in the middle of a UTF-8 character.
+        """
         return b"".join(self.token_bytes[i] for i in self._check_ids(ids)
                         if not (skip_special and self.token_types[i] == CONTROL))
 

@@ -51,8 +51,8 @@ def _jinja_whitespace(template):
     """
     t = re.sub(r"\s*(\{[%{])-", r"\1", template)
     t = re.sub(r"-([%}]\})\s*", r"\1", t)
-    t = re.sub(r"%\}\n", "%}", t)
-    return re.sub(r"(^|\n)[ \t]+\{%", r"\1{%", t)
+    t = re.sub(r"(^|\n)[ \t]+\{%", r"\1{%", t)       # lstrip_blocks, on the source's lines
+    return re.sub(r"%\}\n", "%}", t)                    # then trim_blocks
 
 
 def parse_chat_template(template):

@@ -85,18 +85,50 @@ class Neg(Function):
 
 
 class Pow(Function):
-    """a ** p for a constant exponent p: d/da = p * a ** (p - 1)."""
+    """a ** p for a constant exponent p: d/da = p * a ** (p - 1), and 0 where p = 0 (so the
+    gradient of x ** 0 at x = 0 is 0, not 0 * inf, as in torch)."""
     @staticmethod
     def forward(ctx, a, exponent):
         ctx.save_for_backward(a)
-        ctx.p = exponent
-        return a ** np.asarray(exponent, dtype=a.dtype)
+        ctx.p = np.asarray(exponent, dtype=a.dtype)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return a ** ctx.p
 
     @staticmethod
     def backward(ctx, g):
         (a,) = ctx.saved_tensors
-        p = np.asarray(ctx.p, dtype=a.dtype)
-        return g * p * a ** (p - 1)
+        p = ctx.p
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d = np.where(p == 0, 0, p * a ** (p - 1))
+        return unbroadcast((g * d).astype(g.dtype, copy=False), a.shape)
+
+
+class PowTensor(Function):
+    """a ** b elementwise for two tensors, real-valued like torch.pow: defined for a negative base
+    with an integral exponent ((-2) ** 3 = -8), NaN for a negative base with a fractional one,
+    0 ** 0 = 1. Gradients (torch's pow_backward_self / pow_backward_exponent):
+        d/da = b * a ** (b - 1), but 0 where b = 0;
+        d/db = a ** b * log(a),  but 0 where a = 0 and b >= 0.
+    """
+    @staticmethod
+    def forward(ctx, a, b):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out = np.power(a, b)
+        ctx.save_for_backward(a, b, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b, out = ctx.saved_tensors
+        ga = gb = None
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if ctx.needs_input_grad[0]:
+                d = np.where(b == 0, 0, b * np.power(a, b - 1))
+                ga = unbroadcast(g * d, a.shape)
+            if ctx.needs_input_grad[1]:
+                d = np.where((a == 0) & (b >= 0), 0, out * np.log(a))
+                gb = unbroadcast(g * d, b.shape)
+        return ga, gb
 
 
 class Exp(Function):

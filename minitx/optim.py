@@ -64,12 +64,21 @@ class Optimizer:
             self.state.setdefault(id(params[i]), {})[name] = v
 
 
+def _check_range(name, value, low=0.0, high=math.inf, high_open=False):
+    """ValueError naming the hyper-parameter unless low <= value <= high (< high if high_open).
+
+    Written `not (low <= value ...)` so that NaN fails too, as torch.optim's checks do."""
+    ok = low <= value < high if high_open else low <= value <= high
+    if not ok:
+        bound = f"[{low}, {high})" if high_open else f"[{low}, {high}]"
+        raise ValueError(f"invalid {name}: {value!r}; expected a number in {bound}")
+
+
 class SGD(Optimizer):
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
                  nesterov=False):
-        if lr < 0 or momentum < 0 or weight_decay < 0:
-            raise ValueError(f"invalid SGD hyper-parameters lr={lr} momentum={momentum} "
-                             f"weight_decay={weight_decay}")
+        for name, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
+            _check_range(name, value)
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov))
 
@@ -96,8 +105,12 @@ class SGD(Optimizer):
 
 class AdamW(Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
-        if lr < 0 or eps < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
-            raise ValueError(f"invalid AdamW hyper-parameters lr={lr} betas={betas} eps={eps}")
+        for name, value in (("lr", lr), ("eps", eps), ("weight_decay", weight_decay)):
+            _check_range(name, value)                          # rejects NaN and negatives
+        if len(betas) != 2:
+            raise ValueError(f"invalid betas {betas!r}: expected (beta1, beta2)")
+        for i, beta in enumerate(betas):
+            _check_range(f"betas[{i}]", beta, 0.0, 1.0, high_open=True)
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
                                       weight_decay=weight_decay))
 

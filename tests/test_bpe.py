@@ -218,10 +218,33 @@ CHATML_PLAIN = ("{%- for message in messages -%}\n  {{- \"<|im_start|>\" + messa
                 "{%- if add_generation_prompt -%}{{- \"<|im_start|>assistant\\n\" -}}{%- endif -%}")
 
 
+# lines and indentation that Jinja's trim_blocks/lstrip_blocks remove (checked with jinja2 once)
+CHATML_INDENTED = ("{% for message in messages %}\n  {% if loop.first and messages[0]['role'] != "
+                   "'system' %}{{ '<|im_start|>system\nX<|im_end|>\n' }}{% endif %}\n{{'<|im_"
+                   "start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+                   "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+                   "{% endif %}\n")
+
+
+def test_chatml_whitespace_control():
+    text = render_chat([{"role": "user", "content": "hi"}], CHATML_INDENTED, False)
+    assert text == "<|im_start|>system\nX<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
+    with pytest.raises(ValueError, match="unrecognised"):    # printed text between the tags
+        render_chat([], CHATML_INDENTED.replace("{% endfor %}", "{% endfor %} "))
+
+
 def test_chatml_without_default_system_prompt():
     assert parse_chat_template(CHATML_PLAIN) == ("chatml", None)
     text = render_chat([{"role": "user", "content": "hi"}], CHATML_PLAIN)
     assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_default_system_prompt_escapes_are_undone(ref):
+    default = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    template = ref["chat_template"].replace(default, "It\\'s me,\\nhi")
+    assert parse_chat_template(template) == ("chatml", "It's me,\nhi")
+    assert render_chat([{"role": "user", "content": "x"}], template).startswith(
+        "<|im_start|>system\nIt's me,\nhi<|im_end|>\n<|im_start|>user\nx")
 
 
 def test_unknown_template_and_bad_messages_are_named(ref):

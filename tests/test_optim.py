@@ -104,6 +104,17 @@ def test_bad_hyperparameters_are_named():
         SGD([], lr=0.1)
 
 
+@pytest.mark.parametrize("opt, kwargs, name", [
+    (AdamW, dict(weight_decay=-1.0), "weight_decay: -1.0"), (AdamW, dict(lr=float("nan")), "lr: nan"),
+    (AdamW, dict(lr=-1e-3), "lr: -0.001"), (AdamW, dict(eps=float("nan")), "eps: nan"),
+    (AdamW, dict(betas=(0.9, float("nan"))), r"betas\[1\]: nan"),
+    (SGD, dict(lr=float("nan")), "lr: nan"), (SGD, dict(lr=0.1, weight_decay=-1), "weight_decay")])
+def test_optimizers_reject_nan_and_negative_hyperparameters_like_torch(opt, kwargs, name):
+    """torch.optim.AdamW raises ValueError for weight_decay < 0 and lr NaN or < 0 (issue 14)."""
+    with pytest.raises(ValueError, match=name):
+        opt([Parameter(np.zeros(1))], **kwargs)
+
+
 def test_module_state_dict_names_shapes_and_errors():
     lin = minitx.nn.Linear(3, 2)
     sd = lin.state_dict()

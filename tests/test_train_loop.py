@@ -307,3 +307,60 @@ def test_every_bad_flag_is_one_error_line_and_exit_2_before_any_work(argv, messa
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, (code, err)
     assert err[0].startswith("error:") and message.split("|")[0] in err[0], err[0]
+
+
+def test_quantization_experiments_train_on_the_one_loop_exactly_as_their_old_loop():
+    """quant/experiments.train used to be a private loop; on the Trainer it must give the same
+    weights bit for bit (so the tables of tutorial 04 did not move)."""
+    from minitx.optim import AdamW
+    from minitx.quant import experiments as E
+    data = np.frombuffer(TEXT.encode(), np.uint8)
+    cfg = GPTConfig(vocab_size=256, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    minitx.manual_seed(0)
+    a = GPT(cfg)
+    minitx.manual_seed(0)
+    b = GPT(cfg)
+    params = [a.blocks[0].mlp.fc.weight, a.ln_f.weight]
+    E.train(a, params, data, steps=6, B=3, lr=3e-3, seed=1, warmup=2)
+    # the loop as it was written before (commit 80fd510), kept here as the reference
+    opt = AdamW([b.blocks[0].mlp.fc.weight, b.ln_f.weight], lr=3e-3, weight_decay=0.0)
+    rng = np.random.default_rng(1)
+    b.train()
+    for step in range(6):
+        scale = min(1.0, (step + 1) / 2) * 0.5 * (1 + np.cos(np.pi * step / 6))
+        for group in opt.param_groups:
+            group["lr"] = 3e-3 * max(scale, 0.05)
+        x, y = E.batch(data, 3, 16, rng)
+        _, loss = b(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for k, v in a.state_dict().items():
+        np.testing.assert_array_equal(v, b.state_dict()[k], err_msg=k)
+
+
+# ---------------------------------------------------------------- fuzzing the checkpoint loader
+def _checkpoint_fuzz_target(tmp_path, which):
+    """(load_fn, valid bytes of `which`): load_fn puts a corrupted `which` beside the valid other
+    files of a checkpoint and loads it for resuming, as `--resume` does."""
+    import shutil
+    import tempfile
+    src = str(tmp_path / "run")
+    train(MODEL, _tc(max_steps=2, ckpt_interval=2, eval_interval=2), TEXT, src, log=_quiet)
+    step_dir = checkpoint.resolve(src)
+
+    def load(path):
+        with tempfile.TemporaryDirectory() as d:
+            shutil.copytree(step_dir, d, dirs_exist_ok=True)
+            shutil.copy(path, os.path.join(d, which))
+            model, _, opt, _, _ = load_checkpoint(d)
+            return {**model.state_dict(), **{k: v for k, v in opt["state"].items()
+                                             if isinstance(v, np.ndarray)}}
+    return load, open(os.path.join(step_dir, which), "rb").read()
+
+
+@pytest.mark.parametrize("which", ["config.json", "train_state.safetensors"])
+def test_fuzzed_checkpoint_files_load_or_raise_checkpoint_errors_only(tmp_path, which):
+    from fuzzing import fuzz_loader
+    load, valid = _checkpoint_fuzz_target(tmp_path, which)
+    fuzz_loader(load, valid, CheckpointError)

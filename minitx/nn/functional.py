@@ -118,7 +118,8 @@ def softmax(input, dim=-1):
 
 def _log_softmax_array(x, dim):
     m = x.max(axis=dim, keepdims=True)
-    shifted = x - m
+    with np.errstate(invalid="ignore"):          # an all -inf row gives NaN, as in torch
+        shifted = x - m
     return shifted - np.log(np.exp(shifted).sum(axis=dim, keepdims=True))
 
 
@@ -148,7 +149,8 @@ class _CrossEntropy(Function):
         logp = _log_softmax_array(logits, 1)                                 # (N, C)
         keep = target != ignore_index                                        # (N,)
         safe = np.where(keep, target, 0)
-        nll = -np.take_along_axis(logp, safe[:, None], axis=1)[:, 0] * keep  # (N,)
+        picked = np.take_along_axis(logp, safe[:, None], axis=1)[:, 0]     # (N,)
+        nll = np.where(keep, -picked, 0)      # an ignored row adds 0, even if it holds -inf
         count = max(int(keep.sum()), 1)
         ctx.save_for_backward(logp, safe, keep)
         ctx.reduction, ctx.count = reduction, count
@@ -165,7 +167,7 @@ class _CrossEntropy(Function):
         logp, safe, keep = ctx.saved_tensors
         grad = np.exp(logp)                                   # softmax, (N, C)
         grad[np.arange(len(safe)), safe] -= 1                 # softmax - onehot
-        grad *= keep[:, None]
+        grad = np.where(keep[:, None], grad, 0).astype(logp.dtype, copy=False)
         if ctx.reduction == "none":
             grad *= g[:, None]
         else:
@@ -181,7 +183,7 @@ def cross_entropy(input, target, ignore_index=-100, reduction="mean"):
         target: (N,) / () / (N, d1, ...) integer class ids in [0, C), or `ignore_index`.
         reduction: "mean" (over non-ignored targets), "sum" or "none".
     Returns:
-        scalar Tensor, or (N, ...) for reduction="none".
+        scalar Tensor, or (N, ...) for reduction="none" (() for 1-D input, as torch).
     """
     t = _as_array(target)
     if not np.issubdtype(t.dtype, np.integer):
@@ -189,8 +191,9 @@ def cross_entropy(input, target, ignore_index=-100, reduction="mean"):
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     if input.ndim == 1:
-        input, t = input.reshape(1, -1), t.reshape(1)
-    elif input.ndim > 2:                                      # classes on dim 1 -> last
+        out = cross_entropy(input.reshape(1, -1), t.reshape(1), ignore_index, reduction)
+        return out.reshape(()) if reduction == "none" else out
+    if input.ndim > 2:                                      # classes on dim 1 -> last
         perm = (0,) + tuple(range(2, input.ndim)) + (1,)
         rest = t.shape
         input, t = input.permute(perm).reshape(-1, input.shape[1]), t.reshape(-1)
@@ -208,62 +211,8 @@ def cross_entropy(input, target, ignore_index=-100, reduction="mean"):
 
 
 # ============================== normalisation ================================================
-class _LayerNorm(Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, eps):
-        y, mean, rstd = backend.kernel("layer_norm_forward")(x, weight, bias, eps)
-        ctx.save_for_backward(x, weight, mean, rstd)
-        ctx.has_bias = bias is not None
-        return y
-
-    @staticmethod
-    def backward(ctx, g):
-        x, weight, mean, rstd = ctx.saved_tensors
-        dx, dw, db = backend.kernel("layer_norm_backward")(g, x, weight, mean, rstd)
-        return dx, dw, (db if ctx.has_bias else None), None
-
-
-def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
-    """LayerNorm over the last dim (Ba et al. 2016): (x - mean) / sqrt(var + eps) * w + b.
-
-    Args:
-        input: (..., C); normalized_shape: (C,) or C; weight, bias: (C,) or None.
-    """
-    C = normalized_shape if isinstance(normalized_shape, int) else tuple(normalized_shape)[-1]
-    if isinstance(normalized_shape, (tuple, list)) and len(normalized_shape) != 1:
-        raise ValueError(f"layer_norm supports normalising the last dim only, got "
-                         f"normalized_shape {normalized_shape}")
-    if input.shape[-1] != C:
-        raise ValueError(f"layer_norm: input last dim {input.shape[-1]} != normalized_shape {C}")
-    return _LayerNorm.apply(input, weight, bias, eps)
-
-
-class _RMSNorm(Function):
-    """y = x / sqrt(mean(x^2) + eps) * w (Zhang & Sennrich 2019, eq. 4)."""
-    @staticmethod
-    def forward(ctx, x, weight, eps):
-        rrms = 1.0 / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps)    # (..., 1)
-        xhat = x * rrms                                                      # (..., C)
-        ctx.save_for_backward(xhat, rrms, weight)
-        return xhat * weight if weight is not None else xhat
-
-    @staticmethod
-    def backward(ctx, g):
-        xhat, rrms, weight = ctx.saved_tensors
-        gx = g * weight if weight is not None else g                         # dL/dxhat
-        dx = rrms * (gx - xhat * (gx * xhat).mean(axis=-1, keepdims=True))
-        dw = None
-        if weight is not None and ctx.needs_input_grad[1]:
-            dw = (g * xhat).reshape(-1, xhat.shape[-1]).sum(axis=0)
-        return dx, dw, None
-
-
-def rms_norm(input, normalized_shape, weight=None, eps=1e-6):
-    """RMSNorm over the last dim: x / sqrt(mean(x^2) + eps) * weight. input (..., C)."""
-    C = normalized_shape if isinstance(normalized_shape, int) else tuple(normalized_shape)[-1]
-    if input.shape[-1] != C:
-        raise ValueError(f"rms_norm: input last dim {input.shape[-1]} != normalized_shape {C}")
-    return _RMSNorm.apply(input, weight, eps)
+from minitx.nn import normalization as _normalization  # noqa: E402
+layer_norm, rms_norm = _normalization.layer_norm, _normalization.rms_norm      # F.layer_norm, ...
 
 
 # ============================== activations ==================================================

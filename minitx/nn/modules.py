@@ -188,25 +188,35 @@ class Embedding(Module):
         return F.embedding(idx, self.weight)
 
 
+def _as_shape(normalized_shape):
+    return (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+
+
 class LayerNorm(Module):
+    """LayerNorm over the trailing dims `normalized_shape` (int or tuple), weight and bias of that
+    shape, as torch.nn.LayerNorm."""
+
     def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True,
                  dtype=np.float32):
         super().__init__()
-        C = normalized_shape if isinstance(normalized_shape, int) else normalized_shape[-1]
-        self.normalized_shape, self.eps = (C,), eps
-        self.weight = Parameter(np.ones(C, dtype=dtype)) if elementwise_affine else None
-        self.bias = Parameter(np.zeros(C, dtype=dtype)) if elementwise_affine and bias else None
+        self.normalized_shape, self.eps = _as_shape(normalized_shape), eps
+        shape = self.normalized_shape
+        self.weight = Parameter(np.ones(shape, dtype=dtype)) if elementwise_affine else None
+        self.bias = Parameter(np.zeros(shape, dtype=dtype)) if elementwise_affine and bias else None
 
     def forward(self, x):
         return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
 
 class RMSNorm(Module):
-    def __init__(self, normalized_shape, eps=1e-6, dtype=np.float32):
+    """RMSNorm over the trailing dims `normalized_shape`, as torch.nn.RMSNorm: eps=None means the
+    input dtype's machine epsilon (np.finfo(dtype).eps)."""
+
+    def __init__(self, normalized_shape, eps=None, elementwise_affine=True, dtype=np.float32):
         super().__init__()
-        C = normalized_shape if isinstance(normalized_shape, int) else normalized_shape[-1]
-        self.normalized_shape, self.eps = (C,), eps
-        self.weight = Parameter(np.ones(C, dtype=dtype))
+        self.normalized_shape, self.eps = _as_shape(normalized_shape), eps
+        shape = self.normalized_shape
+        self.weight = Parameter(np.ones(shape, dtype=dtype)) if elementwise_affine else None
 
     def forward(self, x):
         return F.rms_norm(x, self.normalized_shape, self.weight, self.eps)

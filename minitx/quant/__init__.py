@@ -17,6 +17,8 @@ QLoRA (arXiv 2305.14314); PB-LLM (arXiv 2310.00034); Esser et al. 2019, LSQ (arX
 """
 import re
 
+import numpy as np
+
 from minitx.quant.binary import BinaryQuantized, PBLLMQuantized, binarize, quantize_pbllm
 from minitx.quant.codebooks import FP4, NF4, CodebookQuantized, quantize_codebook
 from minitx.quant.integer import IntQuantized, quantize_int
@@ -53,18 +55,34 @@ def quantize(w, scheme="int8", block_size=None, double_quant=False, *, symmetric
         raise TypeError(f"scheme must be a string, got {type(scheme).__name__}")
     if double_quant and scheme not in ("nf4", "fp4"):
         raise ValueError(f"double_quant applies to nf4/fp4 only, got scheme {scheme!r}")
+    if block_size is not None and scheme in ("binary", "pbllm"):
+        raise ValueError(f"block_size applies to the integer and nf4/fp4 schemes, not to "
+                         f"{scheme!r} (got block_size={block_size!r})")
     m = re.fullmatch(r"int([2-8])", scheme)
     if m:
         if granularity is None:
             granularity = "group" if block_size is not None else "channel"
-        return quantize_int(w, bits=int(m.group(1)), symmetric=symmetric, granularity=granularity,
-                            group_size=block_size, range_method=range_method,
-                            percentile=percentile)
-    if scheme in ("nf4", "fp4"):
-        return quantize_codebook(w, scheme, 64 if block_size is None else block_size,
-                                 double_quant)
-    if scheme == "binary":
-        return binarize(w, centered=centered)
-    if scheme == "pbllm":
-        return quantize_pbllm(w, salient_fraction, saliency, hessian_diag)
-    raise ValueError(f"unknown scheme {scheme!r}; expected one of {SCHEME_NAMES}")
+        q = quantize_int(w, bits=int(m.group(1)), symmetric=symmetric, granularity=granularity,
+                         group_size=block_size, range_method=range_method, percentile=percentile)
+    elif scheme in ("nf4", "fp4"):
+        q = quantize_codebook(w, scheme, 64 if block_size is None else block_size, double_quant)
+    elif scheme == "binary":
+        q = binarize(w, centered=centered)
+    elif scheme == "pbllm":
+        q = quantize_pbllm(w, salient_fraction, saliency, hessian_diag)
+    else:
+        raise ValueError(f"unknown scheme {scheme!r}; expected one of {SCHEME_NAMES}")
+    return _check_finite_result(q, w)
+
+
+def _check_finite_result(q, w):
+    """ValueError if quantizing produced NaN/inf (weights near float32's limit make scale x code
+    overflow); the input itself was checked finite and within float32's range by `as_matrix`."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        stored = all(np.isfinite(a).all() for a in q.arrays.values()
+                     if np.issubdtype(a.dtype, np.floating))
+        ok = stored and np.isfinite(q.dequantize()).all()
+    if not ok:
+        raise ValueError(f"{q.scheme}: weights up to |w| = {float(np.max(np.abs(w))):.4g} overflow "
+                         f"float32 once quantized (scale x code); rescale them before quantizing")
+    return q

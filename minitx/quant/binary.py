@@ -47,8 +47,9 @@ def binarize(w, centered=False):
     """
     shape = np.shape(w)
     W = as_matrix(w)                                                 # (R, C)
-    mu = W.mean(axis=1, keepdims=True) if centered else np.zeros((W.shape[0], 1), np.float32)
-    D = W - mu
+    # statistics in float64: a float32 sum of large weights would overflow to inf
+    mu = W.mean(axis=1, keepdims=True, dtype=np.float64) if centered else np.zeros((W.shape[0], 1))
+    D = W - mu                                                       # float64 (R, C)
     alpha = np.abs(D).mean(axis=1)                                   # (R,)
     arrays = {"signs": pack_bits((D >= 0).astype(np.uint8), 1), "alpha": alpha.astype(np.float32)}
     if centered:
@@ -132,7 +133,7 @@ def quantize_pbllm(w, salient_fraction=0.1, saliency="magnitude", hessian_diag=N
     salient = np.clip(np.round(W[mask] / s_sal[rows_s]), -127, 127).astype(np.int8)
     # binarized part: sign times the mean |w| of the row's non-salient weights
     n_bin_row = (~mask).sum(axis=1)
-    alpha = np.where(~mask, np.abs(W), 0).sum(axis=1) / np.maximum(n_bin_row, 1)
+    alpha = np.where(~mask, np.abs(W), 0).sum(axis=1, dtype=np.float64) / np.maximum(n_bin_row, 1)
     signs = pack_bits((W[~mask] >= 0).astype(np.uint8)[None, :], 1)[0]
     arrays = {"mask": pack_bits(mask.astype(np.uint8), 1), "signs": signs, "salient": salient,
               "salient_scale": s_sal, "alpha": alpha.astype(np.float32)}

@@ -58,8 +58,8 @@ def nearest_code(x, codebook):
 def double_quantize(c, block=DQ_BLOCK, bits=DQ_BITS):
     """Quantize positive absmax constants c (n,) with `bits`-bit symmetric absmax in blocks of
     `block`, after subtracting their mean. Returns dict of stored arrays."""
-    mean = np.float32(c.mean())
-    cg = to_groups((c - mean).reshape(1, -1).astype(np.float32), block)     # (1, G2, block)
+    mean = np.float32(c.mean(dtype=np.float64))          # float64 sum: no overflow to inf
+    cg = to_groups((c - np.float64(mean)).reshape(1, -1).astype(np.float32), block)  # (1, G2, block)
     a = np.abs(cg).max(axis=-1, keepdims=True)
     s, z = scale_zero(-a, a, bits, symmetric=True)                           # (1, G2, 1)
     q = quantize_codes(cg, s, z, bits, symmetric=True)

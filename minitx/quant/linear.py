@@ -147,7 +147,10 @@ def quantize_model(model, scheme="int8", skip=(), per_layer=None, **kwargs):
         if sch is None:
             used[name] = "float32"
             continue
-        q = QuantLinear.from_linear(lin, sch, **kwargs)
+        try:
+            q = QuantLinear.from_linear(lin, sch, **kwargs)
+        except ValueError as e:                  # name the layer: "blocks.3.mlp.fc: weights ..."
+            raise ValueError(f"{name}: {e}") from None
         replace_module(model, name, q)
         used[name] = q.qweight.scheme
     return used

@@ -30,12 +30,25 @@ def as_matrix(w):
         raise TypeError(f"weights must be a floating-point array, got dtype {w.dtype}")
     if w.ndim == 0 or w.size == 0:
         raise ValueError(f"weights must be a non-empty array with ndim >= 1, got shape {w.shape}")
-    if not np.all(np.isfinite(w)):
-        raise ValueError("weights contain NaN or infinity")
+    _check_float32_range(w)
     w = w.astype(np.float32, copy=False)
     if w.ndim == 1:
         return w.reshape(1, -1)
     return w.reshape(w.shape[0], -1)
+
+
+def _check_float32_range(w):
+    """ValueError unless every value is finite and within float32's range (scales and codes are
+    float32: a float64 weight of 1e39 would otherwise become inf, then NaN after quantizing)."""
+    bad = ~np.isfinite(w)
+    big = np.finfo(np.float32).max
+    if not bad.any() and w.dtype.itemsize > 4:
+        bad = np.abs(w) > big
+    if bad.any():
+        i = np.unravel_index(np.flatnonzero(bad)[0], w.shape)
+        raise ValueError(f"weights must be finite (no NaN or infinity) and within float32's range "
+                         f"(|w| <= {big:.4g}) to be quantized; {int(bad.sum())} value(s) are not, "
+                         f"e.g. {w[i]!r} at index {tuple(int(j) for j in i)}")
 
 
 def to_groups(W, group_size):
