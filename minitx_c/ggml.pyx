@@ -48,7 +48,7 @@ _F16 = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).asty
 cdef const float[::1] F16 = _F16
 
 
-def simd():
+def _simd():
     """True if the block dot products were compiled with AVX2 + FMA intrinsics."""
     return bool(mtx_ggml_simd())
 

@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from adversarial import Kernel, check_kernels, register
 from minitx import backend
 from minitx.kernels import ggml as K
 from minitx.quant import ggml as blocks
@@ -110,3 +111,27 @@ def test_bad_arguments_are_refused(name, on_backend):
     with pytest.raises(ValueError, match="C-contiguous"):
         f(np.ones((64, 2), np.float32).T, raw, 3)
     assert f(np.ones((0, 64), np.float32), raw, 3).shape == (0, 4)
+
+
+# ---------------------------------------------------------------- adversarial layouts (tests/adversarial.py)
+def make_ggml(rng, M, K, N, qtype):
+    """Valid arguments: x (M, K) float32 and N rows of real ggml blocks."""
+    name = QTYPES[qtype]
+    w = blocks.quantize_rows(rng.standard_normal((N, K)).astype(np.float32), name) if K else \
+        np.zeros((N, 0), np.uint8)
+    return dict(x=rng.standard_normal((M, K)).astype(np.float32), w=w, qtype=qtype)
+
+
+GGML_DIMS = [dict(M=1, K=64, N=8, qtype=3), dict(M=3, K=96, N=5, qtype=2),
+             dict(M=17, K=64, N=9, qtype=8), dict(M=0, K=64, N=4, qtype=3),
+             dict(M=2, K=64, N=0, qtype=2), dict(M=2, K=0, N=3, qtype=8)]
+for _name in ("ggml_matmul", "ggml_matmul_q8"):
+    register(Kernel(_name, c=f"minitx_c.ggml:{_name}", twin=f"minitx.kernels.ggml:{_name}",
+                    make=make_ggml, dims=GGML_DIMS, tol={np.float32: (1e-4, 1e-4)}))
+
+
+@needs_c
+@pytest.mark.parametrize("name", ["ggml_matmul", "ggml_matmul_q8"])
+def test_ggml_kernels_survive_adversarial_layouts(name):
+    failures, n = check_kernels([name])
+    assert n > 0 and not failures, f"{len(failures)} of {n} cases fail:\n" + "\n".join(failures[:25])

@@ -49,8 +49,9 @@ def check_ggml_matmul(x, w, qtype):
         raise ValueError("x and w must be C-contiguous")
     M, K = x.shape
     ts = GGML_TYPES[qtype].type_size
-    if K % QK or w.shape[1] != K // QK * ts:
-        raise ValueError(f"x has K={K} columns (a multiple of {QK} needed), so {KERNEL_TYPES[qtype]}"
+    if K == 0 or K % QK or w.shape[1] != K // QK * ts:
+        raise ValueError(f"x has K={K} columns (a positive multiple of {QK} needed), so "
+                         f"{KERNEL_TYPES[qtype]}"
                          f" rows must be {K // QK * ts} bytes, got w of shape {w.shape}")
     return M, K, w.shape[0], ts
 
