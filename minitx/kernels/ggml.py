@@ -88,7 +88,8 @@ def quantize_activations_q8(x):
 
 def _weight_codes(w_tile, qtype):
     """Raw rows (NR, nb * ts) -> (integer codes (NR, nb, 32) int32, dw (NR, nb), mw (NR, nb))."""
-    b = w_tile.reshape(w_tile.shape[0], -1, GGML_TYPES[qtype].type_size)
+    ts = GGML_TYPES[qtype].type_size
+    b = w_tile.reshape(w_tile.shape[0], w_tile.shape[1] // ts, ts)
     dw = blocks._f16(b, 0)[..., 0]                                      # (NR, nb)
     if qtype == 8:
         return b[..., 2:].view(np.int8).astype(np.int32), dw, np.zeros_like(dw)

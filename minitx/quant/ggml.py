@@ -38,7 +38,7 @@ def _blocks(raw, type_size):
     raw = np.ascontiguousarray(raw, dtype=np.uint8)
     if raw.ndim != 2 or raw.shape[1] % type_size:
         raise ValueError(f"raw blocks must be (rows, k * {type_size}) uint8, got {raw.shape}")
-    return raw.reshape(raw.shape[0], -1, type_size)
+    return raw.reshape(raw.shape[0], raw.shape[1] // type_size, type_size)
 
 
 def _f16(b, start):
@@ -70,7 +70,7 @@ def _pack_high_bits(q):
 
 
 def _flat(x):
-    return x.reshape(x.shape[0], -1)
+    return x.reshape(x.shape[0], x.shape[1] * x.shape[2])
 
 
 # ============================== dequantize ===================================================
@@ -114,7 +114,7 @@ def _as_blocks(x):
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2 or x.shape[1] % QK:
         raise ValueError(f"x must be (rows, n) with n a multiple of {QK}, got {x.shape}")
-    return x.reshape(x.shape[0], -1, QK)                                 # (R, nb, 32)
+    return x.reshape(x.shape[0], x.shape[1] // QK, QK)                  # (R, nb, 32)
 
 
 def _inverse(d):
@@ -230,4 +230,4 @@ def quantize_rows(x, type_id):
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"x must be (rows, n), got shape {x.shape}")
-    return QUANTIZERS[t.name](x).reshape(x.shape[0], -1)
+    return QUANTIZERS[t.name](x).reshape(x.shape[0], x.shape[1] // t.block_size * t.type_size)
