@@ -29,6 +29,8 @@ TWINS = {
     "linear_w4": "minitx.kernels.int8",
     "flash2_forward": "minitx.attention.flash2",
     "flash2_backward": "minitx.attention.flash2",
+    "ggml_matmul": "minitx.kernels.ggml",
+    "ggml_matmul_q8": "minitx.kernels.ggml",
 }
 
 _C = None              # the imported minitx_c module, or None

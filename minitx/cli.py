@@ -20,6 +20,8 @@ COMMANDS = {
     "quantize": "minitx.commands.quantize",
     "grade": "minitx.commands.grade",
     "finetune": "minitx.commands.finetune",
+    "chat": "minitx.commands.chat",
+    "export-gguf": "minitx.commands.export_gguf",
 }
 
 USER_ERRORS = (DataError, CheckpointError, SafetensorsError, TrainingError, ValueError,
