@@ -56,10 +56,10 @@ def print_sample(model, prompt, n, temperature, top_k, seed):
 
 
 def run(args):
+    check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.seed)
     if args.gguf:
         from minitx.commands.chat import generate_gguf
         return generate_gguf(args)
-    check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.seed)
     if args.merge and not args.adapter:
         raise ValueError("--merge needs --adapter")
     model = load_model(args.ckpt)
