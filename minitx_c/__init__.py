@@ -9,3 +9,4 @@ from minitx_c.fused_ops import adamw_step, cross_entropy_fused
 from minitx_c.gemm import matmul
 from minitx_c.qgemm import linear_w4, linear_w8, matmul_int8
 from minitx_c.flash import flash2_backward, flash2_forward
+from minitx_c.ggml import ggml_matmul, ggml_matmul_q8
