@@ -34,7 +34,9 @@ import minitx
 from minitx.checkpoint import load_checkpoint
 from minitx.data import default_corpus
 from minitx.hf import export_checkpoint, export_hf, to_hf_state
-from minitx.models.gpt import GPT, GPTConfig
+from minitx.models import from_hf
+from minitx.models.gpt import GPT, GPTConfig, get_config
+from minitx.tokenizer import ByteTokenizer
 from minitx.train import Trainer, TrainConfig, prepare_data, train
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data")
@@ -110,6 +112,8 @@ def check_tokenizer():
         ids = tok(text)["input_ids"]
         assert ids == list(text.encode("utf-8")), (ids, list(text.encode("utf-8")))
         assert tok.decode(ids) == text, tok.decode(ids)
+        cut = list("世".encode("utf-8"))[:2] + [65]           # a character cut mid-way
+        assert tok.decode(cut) == ByteTokenizer().decode(cut), (tok.decode(cut), cut)
         print(f"tokenizer: {type(tok).__name__} encodes to UTF-8 bytes and decodes back "
               f"({len(ids)} ids)")
         model = AutoModelForCausalLM.from_pretrained(d)
@@ -167,6 +171,10 @@ def optimizer_cases(store):
             train(GPTConfig(**kw), tc, text, ckpt, log=lambda *a: None)
             export_checkpoint(ckpt, hf_dir, with_optimizer=True)
             x, y, after = minitx_next_step(ckpt, tc, text)
+            trained = load_checkpoint(ckpt)[0].eval()
+            xs = np.asarray(x)
+            diff = np.abs(trained(xs)[0].data - hf_logits(hf_dir, xs)).max()
+            print(f"trained {case:6s}: max |minitx - transformers| logits = {diff:.3e}")
             model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
             model.train()
             before = {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
@@ -180,11 +188,22 @@ def optimizer_cases(store):
             ours = to_hf_state(after.state_dict(), after.config)
             worst = max(float(np.abs(p.detach().numpy() - ours[n]).max())
                         for n, p in model.named_parameters())
+            C = kw["n_embd"]          # the key bias's gradient is 0 in exact arithmetic (noise)
+            worst_signal = max(float(np.abs(np.delete(p.detach().numpy() - ours[n], np.s_[
+                C:2 * C]) if n.endswith("c_attn.bias") else p.detach().numpy() - ours[n]).max())
+                for n, p in model.named_parameters())
             update = max(float(np.abs(p.detach().numpy() - before[n]).max())
                          for n, p in model.named_parameters())
             print(f"optimizer {case:6s}: max |torch AdamW step - minitx step| over parameters "
-                  f"= {worst:.3e}; largest update {update:.3e} (lr "
+                  f"= {worst:.3e} ({worst_signal:.3e} without the key bias); largest update "
+                  f"{update:.3e} (lr "
                   f"{opt.param_groups[0]['lr']:.2e})")
+            model.save_pretrained(os.path.join(d, "back"))     # ... and back to minitx
+            back = to_hf_state(from_hf(os.path.join(d, "back")).state_dict(), after.config)
+            same = all(np.array_equal(back[n], p.detach().numpy())
+                       for n, p in model.named_parameters())
+            print(f"back    {case:6s}: from_hf(save_pretrained after the torch step) equals it "
+                  f"bit for bit: {same}")
             store[f"opt_{case}/config"] = np.array(json.dumps(kw))
             store[f"opt_{case}/x"], store[f"opt_{case}/y"] = x, y
             for n, p in model.named_parameters():
@@ -207,9 +226,27 @@ def minitx_next_step(ckpt, tc, text):
     return np.asarray(x), np.asarray(y), trainer.model
 
 
+def main_job_sizes():
+    """The named configs the CLI trains ("default", "llama"), 20 steps, logits compared."""
+    text = default_corpus()[:200000]
+    for name in ("default", "llama"):
+        tc = TrainConfig(max_steps=20, batch_size=4, warmup=2, eval_interval=100, eval_iters=1,
+                         ckpt_interval=100, log_interval=100)
+        with tempfile.TemporaryDirectory() as d:
+            train(get_config(name), tc, text, os.path.join(d, "ck"), log=lambda *a: None)
+            export_checkpoint(os.path.join(d, "ck"), os.path.join(d, "hf"))
+            model = load_checkpoint(os.path.join(d, "ck"))[0].eval()
+            ids = ByteTokenizer().encode(text[:128])[None, :].astype(np.int64)
+            ref = hf_logits(os.path.join(d, "hf"), ids)
+            print(f"main job '{name}' after 20 steps: max |minitx - transformers| logits = "
+                  f"{np.abs(model(ids)[0].data - ref).max():.3e} (max |logit| "
+                  f"{np.abs(ref).max():.2f}, {model.num_params():,} parameters, T=128)")
+
+
 def main():
     store = {}
     torch.set_num_threads(1)
+    main_job_sizes()
     export_cases(store)
     check_tokenizer()
     saved_dirs(store)

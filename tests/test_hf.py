@@ -12,11 +12,12 @@ import pytest
 
 import minitx
 from minitx.cli import main as cli
-from minitx.hf import (HFError, InitFromHF, export_checkpoint, export_hf, from_hf, hf_config,
-                       to_hf_state)
+from minitx.hf import (HFError, InitFromHF, byte_to_unicode, export_checkpoint, export_hf,
+                       from_hf, hf_config, to_hf_state)
 from minitx.models import from_hf as models_from_hf
 from minitx.models.gpt import GPT, GPTConfig, get_config
 from minitx.safetensors import load_file, save_file
+from minitx.tokenizer import ByteTokenizer
 from minitx.train import Trainer, TrainConfig, prepare_data, train
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
@@ -82,6 +83,20 @@ def test_round_trip_is_bit_exact(tmp_path, case):
     ids = np.arange(12).reshape(2, 6) % 64
     assert np.array_equal(model(ids)[0].data, back(ids)[0].data)
     assert json.loads((tmp_path / "a" / "config.json").read_text()) == hf_config(model.config)
+
+
+def test_tokenizer_json_is_the_byte_tokenizer(tmp_path):
+    export_hf(GPT(get_config("tiny")), tmp_path / "t")
+    tok = json.loads((tmp_path / "t" / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = tok["model"]["vocab"]
+    assert sorted(vocab.values()) == list(range(256)) and tok["model"]["merges"] == []
+    assert all(len(ch) == 1 and ch.isprintable() and not ch.isspace() for ch in vocab)
+    # a ByteLevel pre-tokenizer maps byte b to byte_to_unicode()[b]; the vocab gives b back
+    text = "Grüße, 世界!\n\t x"
+    table = byte_to_unicode()
+    assert [vocab[table[b]] for b in text.encode("utf-8")] == list(ByteTokenizer().encode(text))
+    assert tok["pre_tokenizer"]["type"] == tok["decoder"]["type"] == "ByteLevel"
+    assert not tok["pre_tokenizer"]["add_prefix_space"] and not tok["pre_tokenizer"]["use_regex"]
 
 
 def test_gpt2_conv1d_layout_is_transposed(tmp_path):
@@ -349,3 +364,23 @@ def _run_cli(args):
         return cli(args)
     except SystemExit as e:
         return e.code
+
+
+def test_ds_config_describes_the_default_run():
+    """benchmarks/ds_config.json: minitx's default run for DeepSpeed, its curriculum block the
+    one minitx.curriculum reads (DeepSpeed's legacy curriculum_learning)."""
+    from minitx.curriculum import CurriculumScheduler
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "ds_config.json")
+    with open(path, encoding="utf-8") as f:
+        ds = json.load(f)
+    tc, cfg = TrainConfig(), get_config("default")
+    sched = CurriculumScheduler(ds["curriculum_learning"], strict=True)
+    assert sched.max == cfg.block_size and sched.get_difficulty(1) == sched.min
+    opt = ds["optimizer"]["params"]
+    assert ds["optimizer"]["type"] == "AdamW" and tuple(opt["betas"]) == tc.betas
+    assert (opt["lr"], opt["weight_decay"]) == (tc.lr, tc.weight_decay)
+    assert ds["gradient_clipping"] == tc.grad_clip
+    assert ds["train_micro_batch_size_per_gpu"] == tc.batch_size
+    lr = ds["scheduler"]["params"]
+    assert (lr["total_num_steps"], lr["warmup_num_steps"]) == (tc.max_steps, tc.warmup)
+    assert lr["cos_min_ratio"] * tc.lr == pytest.approx(tc.min_lr)
