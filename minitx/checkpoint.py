@@ -28,7 +28,8 @@ import numpy as np
 
 from minitx.fileio import atomic_write, fsync_dir
 from minitx.models.gpt import GPT, GPTConfig, num_params_of, upgrade_state_dict
-from minitx.safetensors import SafetensorsError, load_file, read_header, save_file
+from minitx.safetensors import (SafetensorsError, check_finite, load_file, read_header,
+                                save_file)
 
 FORMAT = "minitx-gpt"
 MODEL_FILE, STATE_FILE, CONFIG_FILE = "model.safetensors", "train_state.safetensors", "config.json"
@@ -217,12 +218,9 @@ def _load_weights(directory, config):
         raise CheckpointError(f"{path} holds {stored:,} weights but its config describes a model "
                               f"of {expected:,}: the config does not fit the weights")
     try:
-        weights = upgrade_state_dict(load_file(path))
+        weights = upgrade_state_dict(check_finite(load_file(path), path))
     except (SafetensorsError, OSError) as e:
         raise CheckpointError(f"cannot load {path}: {e}") from None
-    bad = [k for k, v in weights.items() if not np.all(np.isfinite(v))]
-    if bad:
-        raise CheckpointError(f"{path} holds non-finite weights ({', '.join(bad[:3])})")
     model = GPT(cfg)
     try:
         model.load_state_dict(weights)
@@ -249,7 +247,7 @@ def load_checkpoint(ckpt_dir):
                               "resume training exactly")
     try:
         _, meta, _ = read_header(path)
-        tensors = load_file(path)
+        tensors = check_finite(load_file(path), path)      # NaN moments would poison training
         groups = json.loads(meta["optim_groups"])
         scalars = json.loads(meta["optim_scalars"])
         train_state = json.loads(meta["train_state"])

@@ -337,3 +337,30 @@ def test_quantization_experiments_train_on_the_one_loop_exactly_as_their_old_loo
         opt.step()
     for k, v in a.state_dict().items():
         np.testing.assert_array_equal(v, b.state_dict()[k], err_msg=k)
+
+
+# ---------------------------------------------------------------- fuzzing the checkpoint loader
+def _checkpoint_fuzz_target(tmp_path, which):
+    """(load_fn, valid bytes of `which`): load_fn puts a corrupted `which` beside the valid other
+    files of a checkpoint and loads it for resuming, as `--resume` does."""
+    import shutil
+    import tempfile
+    src = str(tmp_path / "run")
+    train(MODEL, _tc(max_steps=2, ckpt_interval=2, eval_interval=2), TEXT, src, log=_quiet)
+    step_dir = checkpoint.resolve(src)
+
+    def load(path):
+        with tempfile.TemporaryDirectory() as d:
+            shutil.copytree(step_dir, d, dirs_exist_ok=True)
+            shutil.copy(path, os.path.join(d, which))
+            model, _, opt, _, _ = load_checkpoint(d)
+            return {**model.state_dict(), **{k: v for k, v in opt["state"].items()
+                                             if isinstance(v, np.ndarray)}}
+    return load, open(os.path.join(step_dir, which), "rb").read()
+
+
+@pytest.mark.parametrize("which", ["config.json", "train_state.safetensors"])
+def test_fuzzed_checkpoint_files_load_or_raise_checkpoint_errors_only(tmp_path, which):
+    from fuzzing import fuzz_loader
+    load, valid = _checkpoint_fuzz_target(tmp_path, which)
+    fuzz_loader(load, valid, CheckpointError)
