@@ -10,7 +10,8 @@ What it checks and stores (every model tiny, every seed fixed):
 1. export: minitx models of both flavours (plus a tied Llama with biases and GQA) with random
    weights are exported by minitx.hf.export_hf and loaded with AutoModelForCausalLM; their logits
    on fixed ids are stored beside the minitx weights ("<case>/w/<name>", "<case>/ids",
-   "<case>/hf_logits"). The tokenizer files are loaded with AutoTokenizer and checked to encode
+   "<case>/hf_logits", and "<case>/hf_sha256": each parameter's hash as transformers loaded
+   it). The tokenizer files are loaded with AutoTokenizer and checked to encode
    text to its UTF-8 bytes and decode back.
 2. import: randomly initialised GPT2LMHeadModel / LlamaForCausalLM written by save_pretrained to
    tests/data/hf/<flavour>/, with their logits ("saved_<flavour>/logits", "saved_<flavour>/ids").
@@ -19,6 +20,7 @@ What it checks and stores (every model tiny, every seed fixed):
    PyTorch on the batch minitx's next step draws; the parameters and moments after that step
    are stored ("opt_<flavour>/...") for tests/test_hf.py to compare with minitx's own next step.
 """
+import hashlib
 import json
 import os
 import sys
@@ -75,12 +77,20 @@ def random_weights(model, seed):
             0.0, 0.1 if gain else 0.5, p.shape)
 
 
-def hf_logits(directory, ids):
+def sha256(a):
+    return hashlib.sha256(np.ascontiguousarray(a, dtype=np.float32).tobytes()).hexdigest()
+
+
+def hf_logits(directory, ids, hashes=None):
+    """transformers' logits on `ids`; `hashes` (a dict) receives the sha256 of every parameter
+    as transformers loaded it, so the test can check today's exporter writes the same."""
     model, info = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32,
                                                        output_loading_info=True)
     bad = {k: v for k, v in info.items() if v}
     assert not bad, f"{directory}: transformers did not load every tensor: {bad}"
     model.eval()
+    if hashes is not None:
+        hashes.update({n: sha256(p.detach().numpy()) for n, p in model.named_parameters()})
     with torch.no_grad():
         return model(torch.as_tensor(ids)).logits.numpy()
 
@@ -93,12 +103,14 @@ def export_cases(store):
         ids = np.random.default_rng(100 + seed).integers(0, kw["vocab_size"], (2, 11))
         with tempfile.TemporaryDirectory() as d:
             export_hf(model, d)
-            ref = hf_logits(d, ids)
+            hashes = {}
+            ref = hf_logits(d, ids, hashes)
         ours = model(ids)[0].data
         print(f"export {case:16s} max |minitx - transformers| logits = "
               f"{np.abs(ours - ref).max():.3e} (max |logit| {np.abs(ref).max():.2f})")
         store[f"{case}/config"] = np.array(json.dumps(kw))
         store[f"{case}/ids"], store[f"{case}/hf_logits"] = ids, ref
+        store[f"{case}/hf_sha256"] = np.array(json.dumps(hashes, sort_keys=True))
         for k, v in model.state_dict().items():
             store[f"{case}/w/{k}"] = v
 

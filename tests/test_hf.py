@@ -3,6 +3,7 @@
 Reference data (tests/data/hf_reference.npz, tests/data/hf/) comes from transformers 5.24 and
 torch 2.13 via benchmarks/make_hf_reference.py; nothing here imports either.
 """
+import hashlib
 import json
 import os
 import shutil
@@ -115,6 +116,18 @@ def test_logits_equal_transformers(on_backend, case):
     ref = REF[f"{case}/hf_logits"]
     assert ours.shape == ref.shape
     np.testing.assert_allclose(ours, ref, **LOGITS_TOL[np.float32])
+
+
+@pytest.mark.parametrize("case", ["gpt2", "llama", "gpt2_untied_split", "llama_bias_tied"])
+def test_export_writes_what_transformers_loaded(tmp_path, case):
+    """Today's exporter writes, under each name, the tensor transformers loaded for the reference
+    logits (sha256 of its float32 bytes), and every parameter transformers has."""
+    export_hf(_reference_model(case), tmp_path / "x")
+    ours = load_file(str(tmp_path / "x" / "model.safetensors"))
+    theirs = json.loads(str(REF[f"{case}/hf_sha256"]))
+    assert set(ours) == set(theirs)
+    for name, a in ours.items():
+        assert hashlib.sha256(a.tobytes()).hexdigest() == theirs[name], name
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama"])
