@@ -21,11 +21,13 @@ Hugging Face formats: https://huggingface.co/docs/transformers (model_doc/gpt2, 
 """
 import json
 import os
+import shutil
 import warnings
 
 import numpy as np
 
-from minitx.fileio import atomic_write
+from minitx.attention import IMPLS as ATTENTION
+from minitx.fileio import atomic_write, fsync_dir
 from minitx.models.gpt import GPT, GPTConfig
 from minitx.safetensors import SafetensorsError, check_finite, load_file, read_header, save_file
 
@@ -159,7 +161,9 @@ def config_from_hf(d, path="config.json"):
         raise HFError(f"{path}: model_type {kind!r} (architectures {arch}) is not one minitx "
                       "reads; supported: 'gpt2' (GPT2LMHeadModel), 'llama' (LlamaForCausalLM)")
     fields["tie_weights"] = bool(d.get("tie_word_embeddings", True))
-    fields["attention"] = d.get("minitx_attention", "naive")
+    fields["attention"] = d.get("minitx_attention", "naive")      # written by minitx's export
+    if fields["attention"] not in ATTENTION:
+        raise HFError(f"{path}: minitx_attention={fields['attention']!r}; one of {ATTENTION}")
     missing = [k for k, v in fields.items() if v is None]
     if missing:
         raise HFError(f"{path}: config.json lacks {', '.join(missing)} (minitx names)")
@@ -366,10 +370,6 @@ def tokenizer_files(block_size):
     return {"tokenizer.json": tokenizer, "tokenizer_config.json": config}
 
 
-def _write_json(path, obj):
-    atomic_write(path, [json.dumps(obj, indent=2, ensure_ascii=False).encode("utf-8") + b"\n"])
-
-
 def export_hf(model, out_dir, optimizer_state=None):
     """Write `model` (a GPT) as a Hugging Face model directory.
 
@@ -383,20 +383,35 @@ def export_hf(model, out_dir, optimizer_state=None):
     """
     cfg = model.config
     config = hf_config(cfg)                 # raises HFError before anything is written
+    out_dir = os.fspath(out_dir)
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
         raise HFError(f"--out {out_dir} exists and is not an empty directory")
-    os.makedirs(out_dir, exist_ok=True)
-    tensors = to_hf_state(model.state_dict(), cfg)
-    save_file(tensors, os.path.join(out_dir, WEIGHTS), metadata={"format": "pt"})
-    _write_json(os.path.join(out_dir, "config.json"), config)
-    _write_json(os.path.join(out_dir, "generation_config.json"),
-                {"do_sample": True, "temperature": 0.8, "top_k": 40, "max_new_tokens": 200})
-    for name, obj in tokenizer_files(cfg.block_size).items():
-        _write_json(os.path.join(out_dir, name), obj)
-    if optimizer_state is not None:
-        save_file(optimizer_state["tensors"], os.path.join(out_dir, OPTIM),
-                  metadata={"format": "pt"})
-        _write_json(os.path.join(out_dir, OPTIM_JSON), optimizer_state["meta"])
+    tensors = check_finite(to_hf_state(model.state_dict(), cfg), "the model")
+    files = {"config.json": config, "generation_config.json": {
+        "do_sample": True, "temperature": 0.8, "top_k": 40, "max_new_tokens": 200}}
+    files.update(tokenizer_files(cfg.block_size))
+    # everything goes to a temporary sibling first, renamed into place whole
+    parent, name = os.path.split(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        save_file(tensors, os.path.join(tmp, WEIGHTS), metadata={"format": "pt"})
+        if optimizer_state is not None:
+            save_file(optimizer_state["tensors"], os.path.join(tmp, OPTIM),
+                      metadata={"format": "pt"})
+            files[OPTIM_JSON] = optimizer_state["meta"]
+        for fname, obj in files.items():
+            atomic_write(os.path.join(tmp, fname),
+                         [json.dumps(obj, indent=2, ensure_ascii=False).encode("utf-8") + b"\n"])
+        if os.path.isdir(out_dir):
+            os.rmdir(out_dir)                          # empty (checked above)
+        os.replace(tmp, out_dir)
+        fsync_dir(parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return config
 
 

@@ -203,6 +203,8 @@ def _edit_tensors(d, fn):
     (lambda d: _edit_config(d, mlp_bias=True), "mlp_bias"),
     (lambda d: _edit_config(d, num_key_value_heads=3), "n_head % n_kv_head"),
     (lambda d: _edit_config(d, hidden_size=None), "lacks n_embd"),
+    (lambda d: _edit_config(d, minitx_attention="fast"), "minitx_attention='fast'"),
+    (lambda d: _edit_config(d, architectures=["LlamaModel"]), "architectures=\\['LlamaModel'\\]"),
     (lambda d: (d / "config.json").write_text("{not json"), "not valid JSON"),
     (lambda d: os.remove(d / "config.json"), "no config.json"),
     (lambda d: os.remove(d / "model.safetensors"), "no model.safetensors"),
@@ -255,6 +257,14 @@ def test_inexpressible_models_are_errors(tmp_path, overrides, message):
     with pytest.raises(HFError, match=message):
         export_hf(model, tmp_path / "out")
     assert not (tmp_path / "out").exists()          # nothing written
+
+
+def test_export_refuses_non_finite_weights(tmp_path):
+    model = GPT(get_config("tiny"))
+    model.ln_f.weight.data[3] = np.inf
+    with pytest.raises(ValueError, match="ln_f.weight.*non-finite"):
+        export_hf(model, tmp_path / "out")
+    assert os.listdir(tmp_path) == []                 # no directory, no temporary left behind
 
 
 def test_export_refuses_a_non_empty_directory(tmp_path):
