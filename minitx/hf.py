@@ -389,7 +389,8 @@ def export_hf(model, out_dir, optimizer_state=None):
     tensors = check_finite(to_hf_state(model.state_dict(), cfg), "the model")
     files = {"config.json": config, "generation_config.json": {
         "do_sample": True, "temperature": 0.8, "top_k": 40, "max_new_tokens": 200}}
-    files.update(tokenizer_files(cfg.block_size))
+    if cfg.vocab_size == 256:               # minitx's byte vocabulary (other sizes: no tokenizer)
+        files.update(tokenizer_files(cfg.block_size))
     # everything goes to a temporary sibling first, renamed into place whole
     parent, name = os.path.split(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)

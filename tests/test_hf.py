@@ -84,6 +84,7 @@ def test_round_trip_is_bit_exact(tmp_path, case):
     ids = np.arange(12).reshape(2, 6) % 64
     assert np.array_equal(model(ids)[0].data, back(ids)[0].data)
     assert json.loads((tmp_path / "a" / "config.json").read_text()) == hf_config(model.config)
+    assert not (tmp_path / "a" / "tokenizer.json").exists()     # vocab 64 is not the byte one
 
 
 def test_tokenizer_json_is_the_byte_tokenizer(tmp_path):
