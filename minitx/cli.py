@@ -18,6 +18,7 @@ COMMANDS = {
     "train": "minitx.commands.train",
     "generate": "minitx.commands.generate",
     "quantize": "minitx.commands.quantize",
+    "grade": "minitx.commands.grade",
     "export-hf": "minitx.commands.export_hf",
 }
 

@@ -430,13 +430,8 @@ def flash2_backward(q, k, v, bias, o, L, do, scale=None, is_causal=False, window
         dq (B, Hq, Nq, d), dk (B, Hkv, Nk, d), dv (B, Hkv, Nk, d).
     """
     cdef Shape s = _shape(q, k, v, bias, scale, is_causal, window, Br, Bc)
-    from minitx.attention.checks import check_array
-    check_array("o", o, 4, q.dtype)
-    check_array("do", do, 4, q.dtype)
-    check_array("L", L, 3, q.dtype)
-    if o.shape != q.shape or do.shape != q.shape or L.shape != q.shape[:3]:
-        raise ValueError(f"o {o.shape} and do {do.shape} must be {q.shape}, L {L.shape} must be "
-                         f"{q.shape[:3]}")
+    from minitx.attention.checks import check_forward_outputs
+    check_forward_outputs(q, o, L, do)
     q, k, v, o, L, do = (np.ascontiguousarray(a) for a in (q, k, v, o, L, do))
     if bias is not None:
         bias = np.ascontiguousarray(bias)

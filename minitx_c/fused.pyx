@@ -4,13 +4,19 @@
 """Cython twins of `minitx/kernels/fused.py`: row-wise softmax and LayerNorm.
 
 Same names, signatures and steps as the NumPy reference; rows run in parallel (OpenMP prange)
-when the build has OpenMP. Inputs are validated and made contiguous before the GIL is released.
+when the build has OpenMP. Inputs are validated by the reference's own checks, and made
+contiguous and aligned, before the GIL is released; inputs are read through `const` views, so
+read-only arrays are accepted as by the reference.
 """
 cimport cython
+import math
 import numpy as np
 cimport numpy as cnp
 from cython.parallel cimport prange
-from libc.math cimport exp, sqrt
+from libc.math cimport NAN, exp, sqrt
+from minitx_c.runtime cimport num_threads
+from minitx.kernels.fused import (check_float, check_layer_norm_backward,
+                                  check_layer_norm_forward)
 
 cnp.import_array()
 
@@ -19,31 +25,26 @@ ctypedef fused real:
     double
 
 
-def _check_float(name, a):
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
-    if a.dtype != np.float32 and a.dtype != np.float64:
-        raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
-    if a.ndim < 1:
-        raise ValueError(f"{name} must have at least 1 dimension, got shape {a.shape}")
+def _aligned_c(a):
+    """a as a C-contiguous array with an aligned data pointer (a itself when it is one);
+    np.ascontiguousarray alone keeps a contiguous view whose pointer is misaligned."""
+    return np.ascontiguousarray(a) if a.flags.aligned else np.array(a, order="C")
 
 
-def _check_vec(name, v, x):
-    if v is None:
-        return None
-    _check_float(name, v)
-    if v.dtype != x.dtype:
-        raise TypeError(f"{name} dtype {v.dtype} differs from x dtype {x.dtype}")
-    if v.shape != (x.shape[-1],):
-        raise ValueError(f"{name} must have shape ({x.shape[-1]},), got {v.shape}")
-    return np.ascontiguousarray(v)
+def _rows(a, Py_ssize_t R, Py_ssize_t C):
+    """a as an aligned C-contiguous (R, C) array (a view when it already is one)."""
+    return _aligned_c(a).reshape(R, C)
+
+
+def _vec(v):
+    return None if v is None else _aligned_c(v)
 
 
 @cython.wraparound(False)
-cdef void _softmax_rows(real[:, ::1] x, real[:, ::1] y) noexcept nogil:
+cdef void _softmax_rows(const real[:, ::1] x, real[:, ::1] y, int nt) noexcept nogil:
     cdef Py_ssize_t R = x.shape[0], N = x.shape[1], r, j
     cdef real m, s
-    for r in prange(R, schedule="static"):
+    for r in prange(R, schedule="static", num_threads=nt):
         m = x[r, 0]                               # row max, for stability
         for j in range(1, N):
             if x[r, j] > m:
@@ -65,26 +66,27 @@ def softmax_lastdim(x):
     Returns:
         (..., N) same dtype.
     """
-    _check_float("x", x)
+    check_float("x", x)
     if x.shape[-1] == 0:
         raise ValueError(f"softmax over an empty last dimension: shape {x.shape}")
-    x2 = np.ascontiguousarray(x).reshape(-1, x.shape[-1])    # (R, N)
+    N = x.shape[-1]
+    x2 = _rows(x, x.size // N, N)                               # (R, N)
     y2 = np.empty_like(x2)
     if x2.dtype == np.float32:
-        _softmax_rows[float](x2, y2)
+        _softmax_rows[float](x2, y2, num_threads())
     else:
-        _softmax_rows[double](x2, y2)
+        _softmax_rows[double](x2, y2, num_threads())
     return y2.reshape(x.shape)
 
 
 @cython.wraparound(False)
-cdef void _ln_fwd_rows(real[:, ::1] x, real[::1] w, real[::1] b, bint has_w, bint has_b,
-                       double eps, real[:, ::1] y, real[::1] mean,
-                       real[::1] rstd) noexcept nogil:
+cdef void _ln_fwd_rows(const real[:, ::1] x, const real[::1] w, const real[::1] b, bint has_w,
+                       bint has_b, double eps, real[:, ::1] y, real[::1] mean,
+                       real[::1] rstd, int nt) noexcept nogil:
     cdef Py_ssize_t R = x.shape[0], C = x.shape[1], r, j
     cdef double mu, var, d, rs
     cdef real v
-    for r in prange(R, schedule="static"):
+    for r in prange(R, schedule="static", num_threads=nt):
         mu = 0
         for j in range(C):
             mu = mu + x[r, j]
@@ -114,35 +116,36 @@ def layer_norm_forward(x, weight, bias, eps):
     Returns:
         y (..., C), mean (...,), rstd (...,).
     """
-    _check_float("x", x)
-    weight = _check_vec("weight", weight, x)
-    bias = _check_vec("bias", bias, x)
-    eps = float(eps)
-    if not eps >= 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
+    eps = check_layer_norm_forward(x, weight, bias, eps)
     C = x.shape[-1]
-    x2 = np.ascontiguousarray(x).reshape(-1, C)               # (R, C)
-    R = x2.shape[0]
+    R = math.prod(x.shape[:-1])
+    x2 = _rows(x, R, C)                                         # (R, C)
     y2 = np.empty_like(x2)
     mean = np.empty(R, dtype=x.dtype)
     rstd = np.empty(R, dtype=x.dtype)
     dummy = np.zeros(1, dtype=x.dtype)
-    w = weight if weight is not None else dummy
-    b = bias if bias is not None else dummy
-    if R > 0 and C > 0:
+    w = _vec(weight) if weight is not None else dummy
+    b = _vec(bias) if bias is not None else dummy
+    if C == 0:                                   # the mean of nothing, as in the reference
+        mean[:] = NAN
+        rstd[:] = NAN
+    elif R > 0:
         if x2.dtype == np.float32:
-            _ln_fwd_rows[float](x2, w, b, weight is not None, bias is not None, eps, y2, mean, rstd)
+            _ln_fwd_rows[float](x2, w, b, weight is not None, bias is not None, eps, y2, mean,
+                                rstd, num_threads())
         else:
-            _ln_fwd_rows[double](x2, w, b, weight is not None, bias is not None, eps, y2, mean, rstd)
+            _ln_fwd_rows[double](x2, w, b, weight is not None, bias is not None, eps, y2, mean,
+                                 rstd, num_threads())
     return y2.reshape(x.shape), mean.reshape(x.shape[:-1]), rstd.reshape(x.shape[:-1])
 
 
 @cython.wraparound(False)
-cdef void _ln_bwd_rows(real[:, ::1] dy, real[:, ::1] x, real[::1] w, bint has_w,
-                       real[::1] mean, real[::1] rstd, real[:, ::1] dx) noexcept nogil:
+cdef void _ln_bwd_rows(const real[:, ::1] dy, const real[:, ::1] x, const real[::1] w,
+                       bint has_w, const real[::1] mean, const real[::1] rstd,
+                       real[:, ::1] dx, int nt) noexcept nogil:
     cdef Py_ssize_t R = x.shape[0], C = x.shape[1], r, j
     cdef double g_mean, gx_mean, g, xhat
-    for r in prange(R, schedule="static"):
+    for r in prange(R, schedule="static", num_threads=nt):
         g_mean = 0
         gx_mean = 0
         for j in range(C):
@@ -159,8 +162,8 @@ cdef void _ln_bwd_rows(real[:, ::1] dy, real[:, ::1] x, real[::1] w, bint has_w,
 
 
 @cython.wraparound(False)
-cdef void _ln_bwd_params(real[:, ::1] dy, real[:, ::1] x, real[::1] mean, real[::1] rstd,
-                         real[::1] dw, real[::1] db) noexcept nogil:
+cdef void _ln_bwd_params(const real[:, ::1] dy, const real[:, ::1] x, const real[::1] mean,
+                         const real[::1] rstd, real[::1] dw, real[::1] db) noexcept nogil:
     cdef Py_ssize_t R = x.shape[0], C = x.shape[1], r, j
     for r in range(R):                            # serial over rows, vector over C
         for j in range(C):
@@ -176,29 +179,22 @@ def layer_norm_backward(dy, x, weight, mean, rstd):
     Returns:
         dx (..., C); dweight (C,) or None; dbias (C,).
     """
-    _check_float("x", x)
-    _check_float("dy", dy)
-    if dy.shape != x.shape or dy.dtype != x.dtype:
-        raise ValueError(f"dy {dy.shape} {dy.dtype} must match x {x.shape} {x.dtype}")
-    weight = _check_vec("weight", weight, x)
-    for name, a in (("mean", mean), ("rstd", rstd)):
-        if not isinstance(a, np.ndarray) or a.shape != x.shape[:-1] or a.dtype != x.dtype:
-            raise ValueError(f"{name} must be an ndarray of shape {x.shape[:-1]} and dtype "
-                             f"{x.dtype}, got {getattr(a, 'shape', type(a))}")
+    check_layer_norm_backward(dy, x, weight, mean, rstd)
     C = x.shape[-1]
-    x2 = np.ascontiguousarray(x).reshape(-1, C)
-    dy2 = np.ascontiguousarray(dy).reshape(-1, C)
-    m = np.ascontiguousarray(mean).reshape(-1)
-    rs = np.ascontiguousarray(rstd).reshape(-1)
+    R = math.prod(x.shape[:-1])
+    x2 = _rows(x, R, C)                                         # (R, C)
+    dy2 = _rows(dy, R, C)
+    m = _rows(mean, 1, R).reshape(R)
+    rs = _rows(rstd, 1, R).reshape(R)
     dx = np.empty_like(x2)
     dw = np.zeros(C, dtype=x.dtype)
     db = np.zeros(C, dtype=x.dtype)
-    w = weight if weight is not None else np.zeros(1, dtype=x.dtype)
-    if x2.shape[0] > 0 and C > 0:
+    w = _vec(weight) if weight is not None else np.zeros(1, dtype=x.dtype)
+    if R > 0 and C > 0:
         if x2.dtype == np.float32:
-            _ln_bwd_rows[float](dy2, x2, w, weight is not None, m, rs, dx)
+            _ln_bwd_rows[float](dy2, x2, w, weight is not None, m, rs, dx, num_threads())
             _ln_bwd_params[float](dy2, x2, m, rs, dw, db)
         else:
-            _ln_bwd_rows[double](dy2, x2, w, weight is not None, m, rs, dx)
+            _ln_bwd_rows[double](dy2, x2, w, weight is not None, m, rs, dx, num_threads())
             _ln_bwd_params[double](dy2, x2, m, rs, dw, db)
     return dx.reshape(x.shape), (dw if weight is not None else None), db

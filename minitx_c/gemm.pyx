@@ -24,7 +24,9 @@ cimport cython
 import numpy as np
 cimport numpy as cnp
 from cython.parallel cimport prange
-from minitx_c.omp cimport mtx_get_max_threads, mtx_get_thread_num
+from minitx_c.omp cimport mtx_get_thread_num
+from minitx_c.runtime cimport num_threads
+from minitx.kernels.gemm import check_matmul
 
 cnp.import_array()
 
@@ -266,7 +268,7 @@ cdef int _run(Py_ssize_t L, cnp.ndarray off_a, cnp.ndarray off_b, cnp.ndarray of
     cdef const float *T
     cdef Py_ssize_t s, mc_blk, bp_size, ap_size, kc_max
     cdef size_t cap
-    cdef int nthreads = mtx_get_max_threads(), nbuf, split
+    cdef int nthreads = num_threads(), nbuf, split
     cdef float *Bp
     cdef float *Ap
     cdef const Py_ssize_t *pa = <const Py_ssize_t *>cnp.PyArray_DATA(off_a)
@@ -311,19 +313,28 @@ cdef int _run(Py_ssize_t L, cnp.ndarray off_a, cnp.ndarray off_b, cnp.ndarray of
 cdef cnp.ndarray _ZERO_OFF = np.zeros(1, dtype=np.intp)
 
 
-def _check_operand(name, x):
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"matmul: {name} must be a numpy.ndarray, got {type(x).__name__}")
-    if x.dtype != np.float32:
-        raise TypeError(f"matmul: {name} must be float32, got {x.dtype} "
-                        "(use np.matmul for other dtypes)")
-    if x.ndim < 1:
-        raise ValueError(f"matmul: {name} must have at least 1 dimension, got a scalar")
+def _in_place_ok(x):
+    """True if the kernel may address x directly: its data pointer and every stride are whole
+    float32 elements (NumPy's `aligned` flag alone allows any stride on a dim of size 1)."""
+    return x.flags.aligned and all(s % 4 == 0 for s in x.strides)
 
 
-def _usable_strides(x):
-    """x itself if its strides are whole elements, else a C-contiguous copy."""
-    return x if all(s % 4 == 0 for s in x.strides) else np.ascontiguousarray(x)
+def _operand(x):
+    """x itself if the kernel can read it in place, else an aligned C-contiguous copy (odd byte
+    strides, or a data pointer inside a float: views of raw byte buffers)."""
+    return x if _in_place_ok(x) else np.array(x, order="C")
+
+
+def _overlaps_itself(x):
+    """True unless every element of x has its own bytes (sufficient test: sorted by |stride|,
+    each dim steps past everything the smaller dims span). Broadcast (0-stride) or
+    interleaved views fail it; writing such an `out` in parallel would race."""
+    span = x.itemsize
+    for stride, n in sorted((abs(s), n) for s, n in zip(x.strides, x.shape) if n > 1):
+        if stride < span:
+            return True
+        span += stride * (n - 1)
+    return False
 
 
 def _batch_offsets(x, lead):
@@ -351,8 +362,9 @@ def matmul(a, b, out=None, accumulate=False):
     """
     cdef cnp.ndarray A, B, C
     cdef Py_ssize_t M, N, K
-    # Fast path: two 2-D float32 arrays, fresh output. Keeps the call overhead of small
-    # products below np.matmul's.
+    # Fast path: two 2-D native, aligned float32 arrays, fresh output. Keeps the call overhead
+    # of small products below np.matmul's. Everything else is validated by the reference's own
+    # check_matmul in _matmul_general.
     if (out is None and not accumulate and isinstance(a, cnp.ndarray)
             and isinstance(b, cnp.ndarray)):
         A = <cnp.ndarray>a
@@ -360,6 +372,7 @@ def matmul(a, b, out=None, accumulate=False):
         if (cnp.PyArray_NDIM(A) == 2 and cnp.PyArray_NDIM(B) == 2
                 and cnp.PyArray_TYPE(A) == cnp.NPY_FLOAT32
                 and cnp.PyArray_TYPE(B) == cnp.NPY_FLOAT32
+                and cnp.PyArray_ISBEHAVED_RO(A) and cnp.PyArray_ISBEHAVED_RO(B)
                 and A.shape[1] == B.shape[0] and A.shape[1] > 0
                 and A.strides[0] % 4 == 0 and A.strides[1] % 4 == 0
                 and B.strides[0] % 4 == 0 and B.strides[1] % 4 == 0):
@@ -379,38 +392,21 @@ def matmul(a, b, out=None, accumulate=False):
 def _matmul_general(a, b, out, bint accumulate):
     cdef cnp.ndarray A, B, C, oa, ob, oc
     cdef Py_ssize_t M, N, K, L
-    _check_operand("a", a)
-    _check_operand("b", b)
-    a_vec, b_vec = a.ndim == 1, b.ndim == 1
-    a2 = a[None, :] if a_vec else a                              # (..., M, K)
-    b2 = b[:, None] if b_vec else b                              # (..., K, N)
-    if a2.shape[-1] != b2.shape[-2]:
-        raise ValueError(f"matmul: inner dims differ: a {a.shape} @ b {b.shape}")
-    try:
-        lead = tuple(np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2]))
-    except ValueError:
-        raise ValueError(f"matmul: batch dims do not broadcast: a {a.shape} @ b {b.shape}")
-    M, K, N = a2.shape[-2], a2.shape[-1], b2.shape[-1]
+    lead, M, K, N, result_shape = check_matmul(a, b, out, accumulate)
+    a2 = a[None, :] if a.ndim == 1 else a                        # (..., M, K)
+    b2 = b[:, None] if b.ndim == 1 else b                        # (..., K, N)
     shape = lead + (M, N)                                        # full (..., M, N)
-    result_shape = lead + ((M,) if not a_vec else ()) + ((N,) if not b_vec else ())
-    if accumulate and out is None:
-        raise ValueError("matmul: accumulate=True needs an `out` array to accumulate into")
     if out is not None:
-        if not isinstance(out, np.ndarray) or out.dtype != np.float32:
-            raise TypeError(f"matmul: out must be a float32 ndarray, got "
-                            f"{getattr(out, 'dtype', type(out).__name__)}")
-        if out.shape != result_shape:
-            raise ValueError(f"matmul: out has shape {out.shape}, expected {result_shape}")
-        if not out.flags.writeable:
-            raise ValueError("matmul: out is read-only")
-        if (np.may_share_memory(out, a) or np.may_share_memory(out, b)
-                or out.ndim != len(shape)):
-            # out aliases an input (or drops a vector dim): compute aside, then write.
+        if (not _in_place_ok(out) or out.ndim != len(shape)
+                or not (out.flags.c_contiguous or out.flags.f_contiguous or
+                        not _overlaps_itself(out))
+                or np.may_share_memory(out, a) or np.may_share_memory(out, b)):
+            # out has odd strides, overlaps itself or an input, or drops a vector dim: compute
+            # aside, then let NumPy write it (as the reference does).
             tmp = _matmul_general(a, b, None, False)
             if accumulate:
-                out += tmp
-            else:
-                out[...] = tmp
+                tmp += out
+            out[...] = tmp
             return out
         C = out
         result = out
@@ -436,8 +432,8 @@ def _matmul_general(a, b, out, bint accumulate):
             Cf = None
         if Cf is not None:
             a2, C, M, L, lead = a2.reshape(L * M, K), Cf, L * M, 1, ()
-    A = _usable_strides(a2)
-    B = _usable_strides(b2)
+    A = _operand(a2)
+    B = _operand(b2)
     if L == 1:
         oa = ob = oc = _ZERO_OFF
         As, Bs, Cs = (<object>A).strides[-2:], (<object>B).strides[-2:], (<object>C).strides[-2:]

@@ -3,11 +3,12 @@
 """The textbook matrix-product loops, compiled: what loop order and blocking alone are worth
 before packing and a register micro-kernel (tutorials/03_gemm.py, steps 2 and 3).
 
-Not a production kernel (use `minitx_c.matmul`); the NumPy equivalents are the Python loops in
-the tutorial itself.
+Not a production kernel (use `minitx_c.matmul`); the NumPy twin is
+`minitx.kernels.gemm.matmul_loops` (the same loops, and the same argument checks).
 """
 cimport cython
 import numpy as np
+from minitx.kernels.gemm import check_matmul_loops
 
 
 @cython.wraparound(False)
@@ -52,20 +53,10 @@ def matmul_loops(a, b, order="ikj", block=0):
     Returns:
         (M, N) float32.
     """
-    for name, x in (("a", a), ("b", b)):
-        if not isinstance(x, np.ndarray) or x.dtype != np.float32:
-            raise TypeError(f"matmul_loops: {name} must be a float32 ndarray, got "
-                            f"{getattr(x, 'dtype', type(x).__name__)}")
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
-        raise ValueError(f"matmul_loops needs (M, K) @ (K, N), got {a.shape} @ {b.shape}")
-    if order not in ("ijk", "ikj"):
-        raise ValueError(f"order must be 'ijk' or 'ikj', got {order!r}")
-    block = int(block)
-    if block < 0:
-        raise ValueError(f"block must be >= 0, got {block}")
+    block = check_matmul_loops(a, b, order, block)
     C = np.zeros((a.shape[0], b.shape[1]), dtype=np.float32)
-    cdef const float[:, ::1] Av = np.ascontiguousarray(a)
-    cdef const float[:, ::1] Bv = np.ascontiguousarray(b)
+    cdef const float[:, ::1] Av = np.require(a, requirements=("C", "A"))   # aligned copies
+    cdef const float[:, ::1] Bv = np.require(b, requirements=("C", "A"))   # if needed
     cdef float[:, ::1] Cv = C
     cdef Py_ssize_t bs = block if block > 0 else max(1, max(a.shape[0], a.shape[1], b.shape[1]))
     if order == "ijk":

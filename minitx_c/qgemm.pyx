@@ -17,11 +17,13 @@ linear_w8 / linear_w4: y = x @ (q * scale)^T + bias.
     the float32 GEMM (`minitx_c.gemm.matmul`), so the extra memory is NB x K floats.
 """
 cimport cython
+import math
 import numpy as np
 cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.stdint cimport int8_t, int16_t, int32_t, uint8_t
-from minitx_c.omp cimport mtx_get_max_threads, mtx_get_thread_num
+from minitx_c.omp cimport mtx_get_thread_num
+from minitx_c.runtime cimport num_threads
 from minitx.kernels.int8 import _check_qlinear
 from minitx_c.gemm import matmul as _sgemm
 
@@ -193,7 +195,7 @@ cdef _matmul_int8_2d(cnp.ndarray A, cnp.ndarray B, cnp.ndarray C):
     cdef Py_ssize_t M = A.shape[0], K = A.shape[1], N = B.shape[1]
     cdef Py_ssize_t rs_a = A.strides[0], cs_a = A.strides[1]
     cdef Py_ssize_t rs_b = B.strides[0], cs_b = B.strides[1], rs_c = C.strides[0] // 4
-    cdef int nthreads = mtx_get_max_threads()
+    cdef int nthreads = num_threads()
     cdef Py_ssize_t n_blk, mc_blk, m_thread, kc_max = min(<Py_ssize_t>KC, K) + 1
     cdef Py_ssize_t bp_size, ap_size
     cdef size_t cap
@@ -333,22 +335,34 @@ cdef void _dequant_rows(const void *W, Py_ssize_t row_bytes, bint int4, const fl
                     t[j] = s * <float>w8[g * G + j]
 
 
+def _aligned_c(a):
+    """a as a C-contiguous array with an aligned data pointer (a itself when it is one);
+    np.ascontiguousarray alone keeps a contiguous view whose pointer is misaligned."""
+    return np.ascontiguousarray(a) if a.flags.aligned else np.array(a, order="C")
+
+
 cdef _qlinear(x, cnp.ndarray w, bint int4, scales, group_size, bias, Py_ssize_t K):
     """Shared driver of linear_w8 / linear_w4 once the arguments are validated."""
     cdef Py_ssize_t N, n_groups, G, M, n0, nb
-    cdef int nthreads = mtx_get_max_threads()
+    cdef int nthreads = num_threads()
     cdef cnp.ndarray X, S, Bv, Y, T
     cdef const float *bias_p = NULL
     N, n_groups, G = _check_qlinear(x, w, scales, group_size, bias, K)
-    w = np.ascontiguousarray(w)
-    X = np.ascontiguousarray(x.reshape(-1, K))                  # (M, K)
-    S = np.ascontiguousarray(scales, dtype=np.float32)          # (N, n_groups) flat
-    M = X.shape[0]
+    M = math.prod(x.shape[:-1])
+    # Contiguous and aligned copies where needed (views of byte buffers may have neither).
+    w = np.ascontiguousarray(w)                                 # (N, K) int8 / (N, K/2) uint8
+    X = _aligned_c(x.reshape(M, K))                             # (M, K)
+    S = _aligned_c(scales)                                      # (N, n_groups) flat
     Y = np.empty((M, N), dtype=np.float32)                      # (M, N)
     if bias is not None:
-        Bv = np.ascontiguousarray(bias)
+        Bv = _aligned_c(bias)
         bias_p = <const float *>cnp.PyArray_DATA(Bv)
     if M == 0 or N == 0:
+        return Y.reshape(x.shape[:-1] + (N,))
+    if K == 0:                                                  # empty sums: y = bias, or 0
+        Y[...] = 0
+        if bias is not None:
+            Y += bias
         return Y.reshape(x.shape[:-1] + (N,))
     if M < QLINEAR_GEMM_MIN_M:                                  # matrix-vector path
         if M * N * K < PARALLEL_MIN_MACS:

@@ -224,3 +224,41 @@ def test_c_matmul_loops_teaching_kernels(order, block):
         matmul_loops(a, b, "ikj", -1)
     with pytest.raises(ValueError, match=r"\(M, K\) @ \(K, N\)"):
         matmul_loops(a, a)
+
+
+_ISSUE_14_CHILD = r"""
+import numpy as np
+import minitx_c
+from minitx.kernels import gemm as ref
+rng = np.random.default_rng(0)
+a = rng.standard_normal((16, 16)).astype(np.float32)
+b = rng.standard_normal((16, 16)).astype(np.float32)
+for row in (4 * 16 + 2, -(4 * 16 + 2)):      # an out over a byte buffer, odd row stride
+    buf = np.full(16 * 66 + 8, 0xA5, np.uint8)
+    out = np.ndarray((16, 16), np.float32, buffer=buf, offset=0 if row > 0 else 15 * 66,
+                     strides=(row, 4))
+    guard = buf[16 * 66 - 2:].copy()
+    assert minitx_c.matmul(a, b, out=out) is out
+    np.testing.assert_array_equal(out, minitx_c.matmul(a, b))      # same kernel, bit for bit
+    np.testing.assert_allclose(out, ref.matmul(a, b), rtol=1e-5, atol=1e-5)
+    assert (buf[16 * 66 - 2:] == guard).all(), "bytes past out changed"
+for fn in (minitx_c.matmul, ref.matmul):      # '>f4' on the 2-D fast path: the twin's error
+    try:
+        fn(a.astype(">f4"), b)
+        raise SystemExit(f"{fn.__module__}: no error for >f4")
+    except TypeError as e:
+        assert "native byte order" in str(e)
+print("ok")
+"""
+
+
+def test_c_matmul_issue_14_out_strides_and_byte_order():
+    """The reported defects, in a child process (they corrupted the heap): an `out` with row
+    stride 4*16+2 bytes, positive and negative, must be written exactly and nothing past it;
+    '>f4' must raise the twin's TypeError on the 2-D fast path (it returned garbage)."""
+    if not backend.c_available():
+        pytest.skip("minitx_c is not built")
+    import subprocess
+    import sys
+    res = subprocess.run([sys.executable, "-c", _ISSUE_14_CHILD], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-800:]

@@ -126,3 +126,79 @@ def test_missing_extension_falls_back_with_a_notice(tmp_path):
     assert out.stdout.strip() == "numpy ['numpy']"
     assert "simulated: no compiled kernels" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+_THREADS_CHILD = r"""
+import os, sys, threading
+import numpy as np
+import minitx_c
+
+def os_threads():
+    return len(os.listdir("/proc/self/task"))
+
+def kernels():
+    a, q = np.ones((300, 300), np.float32), np.ones((300, 300), np.int8)
+    minitx_c.matmul(a, a)
+    minitx_c.matmul_int8(q, q)
+    minitx_c.softmax_lastdim(np.ones((512, 512), np.float32))
+    minitx_c.layer_norm_forward(np.ones((512, 512), np.float32), None, None, 1e-5)
+    minitx_c.linear_w8(np.ones((2, 512), np.float32), np.ones((512, 512), np.int8),
+                       np.ones(512, np.float32))
+
+def in_worker(n):
+    minitx_c.set_num_threads(n)            # in the main thread
+    seen = {}
+    def work():
+        seen["get"] = minitx_c.get_num_threads()
+        before = os_threads()
+        kernels()
+        seen["new"] = os_threads() - before   # OpenMP threads started for this thread's team
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    return seen["get"], seen["new"]
+
+print(*in_worker(1), *in_worker(3))
+"""
+
+
+@needs_c
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_set_num_threads_holds_in_worker_threads():
+    """OpenMP's own setting is per OS thread; minitx_c's must hold in a threading.Thread too.
+    Counted as OS threads started while a worker thread runs the parallel kernels."""
+    import minitx_c
+    if not minitx_c.have_openmp():
+        pytest.skip("serial build")
+    env = dict(os.environ, OMP_NUM_THREADS="4")         # the default a worker would fall back to
+    out = subprocess.run([sys.executable, "-c", _THREADS_CHILD], capture_output=True, text=True,
+                         env=env, check=True)
+    get1, new1, get3, new3 = map(int, out.stdout.split())
+    assert (get1, new1) == (1, 0), f"set_num_threads(1): worker saw {get1}, started {new1} threads"
+    assert get3 == 3 and new3 >= 1, f"set_num_threads(3): worker saw {get3}, started {new3} threads"
+
+
+@needs_c
+def test_empty_reductions_and_read_only_inputs_match_the_twins():
+    """Issue 14: K = 0 in linear_w8/w4 and C = 0 in layer_norm raised reshape errors where the
+    twins return results; the fused kernels refused read-only inputs."""
+    import minitx_c
+    from minitx.kernels import int8
+    x0, b = np.zeros((3, 0), np.float32), np.arange(4, dtype=np.float32)
+    for name, w in (("linear_w8", np.zeros((4, 0), np.int8)),
+                    ("linear_w4", np.zeros((4, 0), np.uint8))):
+        got = getattr(minitx_c, name)(x0, w, np.ones(4, np.float32), None, b)
+        np.testing.assert_array_equal(got, getattr(int8, name)(x0, w, np.ones(4, np.float32),
+                                                               None, b))
+        assert got.shape == (3, 4) and (got == b).all()
+    with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):
+        want = fused.layer_norm_forward(x0, None, None, 1e-5)
+    got = minitx_c.layer_norm_forward(x0, None, None, 1e-5)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)                   # y empty, mean and rstd NaN
+    x = np.random.default_rng(0).standard_normal((4, 5))
+    x.flags.writeable = False
+    _close(minitx_c.softmax_lastdim(x), fused.softmax_lastdim(x), np.float64, "read-only softmax")
+    for g, w in zip(minitx_c.layer_norm_forward(x, None, None, 1e-5),
+                    fused.layer_norm_forward(x, None, None, 1e-5)):
+        _close(g, w, np.float64, "read-only layer_norm")

@@ -25,6 +25,11 @@ import time
 
 import numpy as np
 
+try:
+    import minitx  # noqa: F401  (an installed minitx, with its compiled kernels)
+except ImportError:  # a source checkout: use it directly
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 QUICK = "--quick" in sys.argv or os.environ.get("MINITX_QUICK") == "1"
 OUT = os.environ.get("MINITX_TUTORIAL_OUT") or tempfile.mkdtemp(prefix="minitx-tutorial-")
 os.makedirs(OUT, exist_ok=True)
@@ -184,7 +189,8 @@ assert val < baseline, "the model should beat the unigram baseline"
 # %%
 try:
     import matplotlib
-    matplotlib.use("Agg")
+    if "ipykernel" not in sys.modules:   # a script or a test: draw off-screen
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 except ImportError:
     plt = None
@@ -193,8 +199,11 @@ if plt is not None:
     ax.plot(losses, label="train loss")
     ax.axhline(baseline, color="gray", ls="--", label="unigram baseline")
     ax.axhline(np.log(256), color="red", ls=":", label="uniform (ln 256)")
-    ax.set_xlabel("step")
-    ax.set_ylabel("nats / byte")
+    ax.axhline(val, color="green", ls="-.", label=f"validation loss at the end ({val:.2f})")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy (nats / byte)")
+    ax.set_title(f"Training the '{'tiny' if QUICK else 'default'}' GPT "
+                 f"({model.num_params():,} parameters)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(os.path.join(OUT, "01_loss_curve.png"), dpi=100)

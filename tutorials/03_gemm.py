@@ -45,6 +45,7 @@ QUICK = args.quick
 N_SLOW = 48 if QUICK else 96          # sizes for the Python-level steps
 N_FAST = 512 if QUICK else 1024       # size for the compiled steps
 OUT = os.environ.get("MINITX_TUTORIAL_OUT") or tempfile.mkdtemp(prefix="minitx_03_")
+os.makedirs(OUT, exist_ok=True)
 rng = np.random.default_rng(0)
 
 
@@ -213,24 +214,46 @@ for step, n, g in results:
 
 try:
     import matplotlib
-    matplotlib.use("Agg")
+    if "ipykernel" not in sys.modules:   # a script or a test: draw off-screen
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 except ImportError:
     plt = None
 if plt is not None:
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
-    ax1.barh([s for s, _, _ in results][::-1], [g for _, _, g in results][::-1])
+    def kind(step):
+        """Colour group of a step: what it runs on."""
+        for key, name in (("Python", "Python"), ("NumPy", "NumPy"), ("Cython", "Cython"),
+                          ("OpenBLAS", "OpenBLAS"), ("compiled", "compiled C loops")):
+            if key in step:
+                return name
+        return "other"
+
+    colours = {"Python": "tab:gray", "compiled C loops": "tab:orange", "NumPy": "tab:purple",
+               "Cython": "tab:blue", "OpenBLAS": "tab:green", "other": "tab:brown"}
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [3, 2]})
+    names, values = [s for s, _, _ in results][::-1], [g for _, _, g in results][::-1]
+    ax1.barh(names, values, color=[colours[kind(s)] for s in names])
+    for y, g in enumerate(values):
+        ax1.text(g * 1.15, y, f"{g:.3g}", va="center", fontsize=8)
     ax1.set_xscale("log")
-    ax1.set_xlabel("GFLOP/s (log)")
-    ax1.axvline(peak_core, color="r", ls="--", label="1-core peak")
-    ax1.legend()
+    ax1.set_xlim(min(values) / 3, max(max(values), peak_core * cores) * 6)
+    ax1.set_xlabel("GFLOP/s (log scale; higher is better)")
+    ax1.axvline(peak_core, color="r", ls="--", label=f"1-core peak at {ghz:.2f} GHz")
+    ax1.axvline(peak_core * cores, color="r", ls=":", label=f"{cores}-core peak")
+    ax1.set_title(f"Each step of the tutorial (n = {N_SLOW} for Python/NumPy, {N_FAST} compiled)")
+    ax1.legend(loc="upper right", fontsize=8)      # beside the short bars at the top
     ai = np.logspace(-1, 3, 100)
-    ax2.loglog(ai, np.minimum(peak_core * cores, ai * bw), "k-", label="roofline")
-    for step, n, g in results:
-        ax2.plot(n / 6, g, "o", label=step)
-    ax2.set_xlabel("arithmetic intensity (flop/byte)")
+    ax2.loglog(ai, np.minimum(peak_core * cores, ai * bw), "k-",
+               label=f"roofline: {cores} cores, {bw:.1f} GB/s")
+    ax2.loglog(ai, np.minimum(peak_core, ai * bw), "k--", lw=0.8, label="roofline: 1 core")
+    for k, (step, n, g) in enumerate(results):
+        ax2.plot(n / 6, g, "o", color=colours[kind(step)])
+        ax2.annotate(step.split()[0] if step[0].isdigit() else "BLAS", (n / 6, g),
+                     textcoords="offset points", xytext=(8 if k % 2 else -22, -3), fontsize=8)
+    ax2.set_xlabel("arithmetic intensity (flop/byte) = n / 6 for float32")
     ax2.set_ylabel("GFLOP/s")
-    ax2.legend(fontsize=6)
+    ax2.set_title("Roofline: labels are the step numbers")
+    ax2.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     path = os.path.join(OUT, "03_gemm.png")
     fig.savefig(path, dpi=100)

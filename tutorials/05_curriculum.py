@@ -51,7 +51,8 @@ OUT = os.environ.get("MINITX_TUTORIAL_OUT") or tempfile.mkdtemp(prefix="minitx_0
 os.makedirs(OUT, exist_ok=True)
 try:
     import matplotlib
-    matplotlib.use("Agg")
+    if "ipykernel" not in sys.modules:   # a script or a test: draw off-screen
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 except ImportError:
     plt = None
@@ -172,6 +173,8 @@ if plt is not None:
         ax[0].plot(rec.loss, label=name)
         ax[1].plot(rec.grad_norm, label=name)
     ax[0].set_title("training loss"), ax[1].set_title("gradient norm (before clipping)")
+    ax[0].set_ylabel("cross-entropy (nats/byte)"), ax[1].set_ylabel("global L2 norm")
+    ax[1].set_yscale("log")                          # early norms are orders of magnitude larger
     for a in ax:
         a.set_xlabel("step"), a.legend()
     fig.savefig(os.path.join(OUT, "05_stability.png"), dpi=100, bbox_inches="tight")
@@ -201,8 +204,14 @@ print(f"\n{sampler.n} windows; after {STEPS} steps the hardest 10% hold "
 if plt is not None:
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.scatter(sampler.scores, p * sampler.n, s=4)
+    ax.set_yscale("log")                             # softmax: exponential in the score
+    ax.axhline(1.0, color="grey", lw=0.8, label="uniform")
+    ax.axhline(0.2, color="grey", lw=0.8, ls="--", label="the floor u")
+    ax.axvline(np.log(256), color="tab:red", lw=0.8, ls=":",
+               label="never drawn yet (score still log 256)")
     ax.set_xlabel("window score (latest loss, nats/byte)")
     ax.set_ylabel("probability x n (1 = uniform)")
+    ax.legend()
     ax.set_title("hard-example sampling after training")
     fig.savefig(os.path.join(OUT, "05_hard_examples.png"), dpi=100, bbox_inches="tight")
     print("plot written to", os.path.join(OUT, "05_hard_examples.png"))

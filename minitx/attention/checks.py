@@ -56,6 +56,16 @@ def check_qkv(q, k, v, bias, scale, Br=None, Bc=None):
     return B, Hq, Hkv, Nq, Nk, d, scale
 
 
+def check_forward_outputs(q, o, L, do):
+    """Validate the backward's o, L (from the forward) and do against q (B, Hq, Nq, d)."""
+    check_array("o", o, 4, q.dtype)
+    check_array("do", do, 4, q.dtype)
+    check_array("L", L, 3, q.dtype)
+    if o.shape != q.shape or do.shape != q.shape or L.shape != q.shape[:3]:
+        raise ValueError(f"o {o.shape} and do {do.shape} must be {q.shape}, L {L.shape} must be "
+                         f"{q.shape[:3]}")
+
+
 def group_heads(q, Hkv):
     """View (B, Hq, N, d) as (B, Hkv, G, N, d), G = Hq // Hkv: query head h uses kv head h // G
     (PyTorch's `enable_gqa`, i.e. k.repeat_interleave(G, dim=-3))."""

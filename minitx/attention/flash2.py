@@ -19,7 +19,7 @@ rows with nothing to attend to giving O = 0, L = +inf.
 """
 import numpy as np
 
-from minitx.attention.checks import check_qkv, group_bias, group_heads
+from minitx.attention.checks import check_forward_outputs, check_qkv, group_bias, group_heads
 from minitx.attention.masks import allowed, resolve_window, tile_kind
 
 
@@ -97,6 +97,7 @@ def flash2_backward(q, k, v, bias, o, L, do, scale=None, is_causal=False, window
         dq (B, Hq, Nq, d), dk (B, Hkv, Nk, d), dv (B, Hkv, Nk, d).
     """
     B, Hq, Hkv, Nq, Nk, d, scale = check_qkv(q, k, v, bias, scale, Br, Bc)
+    check_forward_outputs(q, o, L, do)
     left, right = resolve_window(is_causal, window)
     qg, og, dog = group_heads(q, Hkv), group_heads(o, Hkv), group_heads(do, Hkv)
     Lg = group_heads(L, Hkv)[..., None]                        # (B, Hkv, G, Nq, 1)

@@ -113,14 +113,55 @@ def gemm(A, B, C, accumulate=False):
                 macro_kernel(Ap, Bp, C[ic:ic + mc, jc:jc + nc], beta)
 
 
+_SWAPPED_F32 = np.dtype(np.float32).newbyteorder()           # '>f4' on little-endian machines
+
+
 def _check_operand(name, x):
     if not isinstance(x, np.ndarray):
         raise TypeError(f"matmul: {name} must be a numpy.ndarray, got {type(x).__name__}")
     if x.dtype != np.float32:
+        if x.dtype == _SWAPPED_F32:
+            raise TypeError(f"matmul: {name} must be float32 in native byte order, got "
+                            f"{x.dtype.str} (convert with .astype(np.float32))")
         raise TypeError(f"matmul: {name} must be float32, got {x.dtype} "
                         "(use np.matmul for other dtypes)")
     if x.ndim < 1:
         raise ValueError(f"matmul: {name} must have at least 1 dimension, got a scalar")
+
+
+def check_matmul(a, b, out=None, accumulate=False):
+    """Validate matmul's arguments; `minitx_c.gemm.matmul` calls this too, so the NumPy and the
+    Cython matmul raise the same errors for the same input.
+
+    Returns:
+        (lead, M, K, N, result_shape): broadcast batch dims, the matrix sizes, and the shape
+        of the result (with the vector dims of 1-D `a` / `b` dropped).
+    """
+    _check_operand("a", a)
+    _check_operand("b", b)
+    a2 = a[None, :] if a.ndim == 1 else a                         # (..., M, K)
+    b2 = b[:, None] if b.ndim == 1 else b                         # (..., K, N)
+    if a2.shape[-1] != b2.shape[-2]:
+        raise ValueError(f"matmul: inner dims differ: a {a.shape} @ b {b.shape}")
+    lead = ()                                                     # batch dims
+    if a2.ndim > 2 or b2.ndim > 2:
+        try:
+            lead = tuple(np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2]))
+        except ValueError:
+            raise ValueError(f"matmul: batch dims do not broadcast: a {a.shape} @ b {b.shape}")
+    M, K, N = a2.shape[-2], a2.shape[-1], b2.shape[-1]
+    result_shape = lead + ((M,) if a.ndim > 1 else ()) + ((N,) if b.ndim > 1 else ())
+    if accumulate and out is None:
+        raise ValueError("matmul: accumulate=True needs an `out` array to accumulate into")
+    if out is not None:
+        if not isinstance(out, np.ndarray) or out.dtype != np.float32:
+            raise TypeError(f"matmul: out must be a float32 ndarray in native byte order, got "
+                            f"{getattr(out, 'dtype', type(out).__name__)}")
+        if out.shape != result_shape:
+            raise ValueError(f"matmul: out has shape {out.shape}, expected {result_shape}")
+        if not out.flags.writeable:
+            raise ValueError("matmul: out is read-only")
+    return lead, M, K, N, result_shape
 
 
 def matmul(a, b, out=None, accumulate=False):
@@ -134,28 +175,9 @@ def matmul(a, b, out=None, accumulate=False):
     Returns:
         (..., M, N) float32 (`out` itself when given).
     """
-    _check_operand("a", a)
-    _check_operand("b", b)
+    lead, M, K, N, result_shape = check_matmul(a, b, out, accumulate)
     a2 = a[None, :] if a.ndim == 1 else a                         # (..., M, K)
     b2 = b[:, None] if b.ndim == 1 else b                         # (..., K, N)
-    if a2.shape[-1] != b2.shape[-2]:
-        raise ValueError(f"matmul: inner dims differ: a {a.shape} @ b {b.shape}")
-    try:
-        lead = tuple(np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2]))
-    except ValueError:
-        raise ValueError(f"matmul: batch dims do not broadcast: a {a.shape} @ b {b.shape}")
-    M, N = a2.shape[-2], b2.shape[-1]
-    result_shape = lead + ((M,) if a.ndim > 1 else ()) + ((N,) if b.ndim > 1 else ())
-    if accumulate and out is None:
-        raise ValueError("matmul: accumulate=True needs an `out` array to accumulate into")
-    if out is not None:
-        if not isinstance(out, np.ndarray) or out.dtype != np.float32:
-            raise TypeError(f"matmul: out must be a float32 ndarray, got "
-                            f"{getattr(out, 'dtype', type(out).__name__)}")
-        if out.shape != result_shape:
-            raise ValueError(f"matmul: out has shape {out.shape}, expected {result_shape}")
-        if not out.flags.writeable:
-            raise ValueError("matmul: out is read-only")
     C = np.empty(lead + (M, N), dtype=np.float32)                 # (..., M, N)
     if accumulate:
         C[...] = out.reshape(C.shape)
@@ -167,3 +189,48 @@ def matmul(a, b, out=None, accumulate=False):
         return C.reshape(result_shape)
     out[...] = C.reshape(result_shape)
     return out
+
+
+# ------------------------------------------------- the textbook loops (tutorial 03, steps 2-3)
+def check_matmul_loops(a, b, order, block):
+    """Validate matmul_loops' arguments (shared with minitx_c.gemm_loops). Returns block as int."""
+    for name, x in (("a", a), ("b", b)):
+        if not isinstance(x, np.ndarray) or x.dtype != np.float32:
+            raise TypeError(f"matmul_loops: {name} must be a float32 ndarray (native byte "
+                            f"order), got {getattr(x, 'dtype', type(x).__name__)}")
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"matmul_loops needs (M, K) @ (K, N), got {a.shape} @ {b.shape}")
+    if order not in ("ijk", "ikj"):
+        raise ValueError(f"order must be 'ijk' or 'ikj', got {order!r}")
+    block = int(block)
+    if block < 0:
+        raise ValueError(f"block must be >= 0, got {block}")
+    return block
+
+
+def matmul_loops(a, b, order="ikj", block=0):
+    """The textbook loops before packing (twin of `minitx_c.gemm_loops.matmul_loops`).
+
+    Args:
+        a: (M, K) float32; b: (K, N) float32.
+        order: "ijk" (a dot product per C[i, j]) or "ikj" (row updates C[i, :] += a[i, k] b[k, :]).
+        block: with order="ikj", tile size for cache blocking (0 = no blocking).
+    Returns:
+        (M, N) float32.
+    """
+    block = check_matmul_loops(a, b, order, block)
+    (M, K), N = a.shape, b.shape[1]
+    C = np.zeros((M, N), dtype=np.float32)                        # (M, N)
+    if order == "ijk":
+        for i in range(M):
+            for j in range(N):
+                C[i, j] = np.dot(a[i, :], b[:, j])                # B read down a column
+        return C
+    bs = block if block > 0 else max(1, M, K, N)
+    for i0 in range(0, M, bs):                                    # bs x bs x bs tiles
+        for k0 in range(0, K, bs):
+            for j0 in range(0, N, bs):
+                for i in range(i0, min(i0 + bs, M)):
+                    for k in range(k0, min(k0 + bs, K)):          # C row += a[i, k] * B row
+                        C[i, j0:j0 + bs] += a[i, k] * b[k, j0:j0 + bs]
+    return C
