@@ -39,6 +39,7 @@ LATEST = "latest"
 FORMATS = {
     FORMAT: "minitx.checkpoint:load_gpt",
     "minitx-gpt-quant": "minitx.quant.serialize:load_quantized_model",
+    "minitx-lora": "minitx.lora_checkpoint:load_lora_checkpoint",
 }
 
 

@@ -19,6 +19,7 @@ COMMANDS = {
     "generate": "minitx.commands.generate",
     "quantize": "minitx.commands.quantize",
     "grade": "minitx.commands.grade",
+    "finetune": "minitx.commands.finetune",
     "export-hf": "minitx.commands.export_hf",
 }
 

@@ -52,6 +52,9 @@ def flavour(cfg):
     llama = {"norm=rmsnorm": cfg.norm == "rmsnorm", "pos=rope": cfg.pos == "rope",
              "mlp=swiglu": cfg.mlp == "swiglu",
              "dropout=0 (Llama has no residual dropout)": cfg.dropout == 0}
+    dense = {"attention_pattern=dense": getattr(cfg, "attention_pattern", "dense") == "dense"}
+    gpt2.update(dense)
+    llama.update(dense)
     if all(gpt2.values()):
         return "gpt2"
     if all(llama.values()):
@@ -61,7 +64,8 @@ def flavour(cfg):
     raise HFError(f"this model cannot be exported to Hugging Face: {'; '.join(needs)} (model: "
                   f"norm={cfg.norm}, pos={cfg.pos}, mlp={cfg.mlp}, bias={cfg.bias}, "
                   f"n_head={cfg.n_head}, n_kv_head={cfg.n_kv_head}, head_dim={cfg.head_dim}, "
-                  f"n_embd={cfg.n_embd}, dropout={cfg.dropout})")
+                  f"n_embd={cfg.n_embd}, dropout={cfg.dropout}, "
+                  f"attention_pattern={getattr(cfg, 'attention_pattern', 'dense')})")
 
 
 def hf_config(cfg):

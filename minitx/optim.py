@@ -157,3 +157,68 @@ def cosine_lr(step, max_lr, min_lr, warmup, total):
         return min_lr
     progress = (step - warmup) / max(1, total - warmup)
     return min_lr + 0.5 * (max_lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+class PagedAdamW(AdamW):
+    """AdamW whose moments live in memory-mapped files (np.memmap): a CPU analogue of paging.
+
+    What bitsandbytes' paged optimizers do (Dettmers et al. 2023, QLoRA, section 3): the
+    optimizer state is allocated in CUDA unified memory. When the GPU runs out of memory - a
+    long sequence makes the activations spike - the driver evicts state pages to CPU RAM
+    page by page and brings them back when the optimizer step touches them, so the spike does
+    not end the run with an out-of-memory error; in steady state nothing moves.
+
+    What this CPU analogue does: each moment (exp_avg, exp_avg_sq) is an np.memmap over a file in
+    `directory` (a fresh temporary directory by default, unlinked at once, so the files vanish
+    with the process). Its pages are file-backed: the kernel can write them back and drop them
+    under memory pressure instead of swapping, and they are outside Python's heap (tracemalloc
+    does not see them; RSS counts them as RssFile once touched). What it does not buy: the update
+    touches every page every step, so the moments are all resident again during each step; on a
+    machine with enough RAM the peak resident size is the same, and the disk round trip can make
+    steps slower under pressure. The update is AdamW's, bit for bit (same arithmetic, in place).
+
+    Args:
+        params, lr, betas, eps, weight_decay: as AdamW.
+        directory: where the memory-mapped files go (default: a new temporary directory).
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 directory=None):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        self.directory = directory
+
+    def _paged_zeros(self, like, name):
+        import os
+        import tempfile
+        directory = self.directory if self.directory is not None else tempfile.mkdtemp(
+            prefix="minitx-paged-")
+        fd, path = tempfile.mkstemp(prefix=name, suffix=".bin", dir=directory)
+        os.close(fd)
+        arr = np.memmap(path, dtype=like.dtype, mode="w+", shape=like.shape)   # zero-filled
+        os.unlink(path)                         # the mapping keeps the pages; the name goes
+        if self.directory is None:
+            os.rmdir(directory)
+        return arr
+
+    def _page_in(self, p):
+        st = self.state.setdefault(id(p), {})
+        if "step" not in st:
+            st["step"] = 0
+            st["exp_avg"] = self._paged_zeros(p.data, "exp_avg")
+            st["exp_avg_sq"] = self._paged_zeros(p.data, "exp_avg_sq")
+
+    def step(self):
+        for p in self._params():
+            if p.grad is not None:
+                self._page_in(p)
+        super().step()                          # AdamW's update, in place on the memmaps
+
+    def load_state_dict(self, sd):
+        super().load_state_dict(sd)
+        for p in self._params():                # copy loaded moments into memory-mapped files
+            st = self.state.get(id(p))
+            if st and "exp_avg" in st:
+                for key in ("exp_avg", "exp_avg_sq"):
+                    paged = self._paged_zeros(p.data, key)
+                    paged[...] = st[key]
+                    st[key] = paged

@@ -17,12 +17,17 @@ backward one task per (batch x KV head), since the query heads of a GQA group al
 their KV head's dK, dV.
 Scratch memory is allocated by NumPy before the GIL is released, one slice per thread, so the
 kernels never allocate. Inputs are validated and made contiguous first.
+NaN (issue 14, masks.py): a pair masked by the window rule or a -inf bias never contributes, NaN
+or not. Masked scores are set to -inf (forward) or masked probabilities to exactly 0 (backward,
+the tile M of allowed pairs); operands whose rows hold NaN/inf (V in the forward; Q, K, dO in the
+backward) are packed with those entries as 0 and flagged, and each flagged row is added back pair
+by pair where allowed -- the twin of masks.matmul_allowed. The row max and exp propagate NaN.
 """
 cimport cython
 import numpy as np
 cimport numpy as cnp
 from cython.parallel cimport prange
-from libc.math cimport INFINITY, exp, log
+from libc.math cimport INFINITY, exp, isfinite, log
 from libc.string cimport memset
 
 from minitx_c.omp cimport mtx_get_max_threads, mtx_get_thread_num
@@ -55,6 +60,9 @@ cdef struct Shape:
     Py_ssize_t B, Hq, Hkv, G, Nq, Nk, d, dp, Br, Bc, Brp, Bcp, Tr, Tc, Bb, Hb
     Py_ssize_t left, right          # window, -1 = unbounded (masks.resolve_window)
     double scale
+    bint nonfinite                  # backward: q, k, v or do holds NaN/inf (masks needed)
+    Py_ssize_t Hl                   # block layout: 1 (shared) or Hq (per query head) layouts
+    const unsigned char *layout     # (Hl, Tr, Tc), 0 = tile never read; NULL = dense
 
 
 def simd_enabled():
@@ -76,6 +84,20 @@ cdef inline bint _allowed(const Shape *s, Py_ssize_t r, Py_ssize_t c) noexcept n
     if s.right >= 0 and c > pos + s.right:
         return False
     return True
+
+
+cdef inline bint _ok(const Shape *s, const real *biash, Py_ssize_t r, Py_ssize_t c) noexcept nogil:
+    """Pair (r, c) is allowed: by the window rule and by the bias (-inf masks), masks.tile_allowed."""
+    if not _allowed(s, r, c):
+        return False
+    return biash == NULL or biash[r * s.Nk + c] != -INFINITY
+
+
+cdef inline real _nanmax(real a, real b) noexcept nogil:
+    """max(a, b), NaN if either is NaN (np.maximum's rule; C's a > b ? a : b drops NaN)."""
+    if a != a or b != b:
+        return a + b
+    return a if a > b else b
 
 
 cdef inline int _tile_kind(const Shape *s, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t c0,
@@ -105,39 +127,53 @@ cdef inline void _gemm(int acc, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const 
 
 @cython.wraparound(False)
 cdef void _pack_rows(const real *X, Py_ssize_t N, Py_ssize_t d, Py_ssize_t Bx, Py_ssize_t Bxp,
-                     Py_ssize_t dp, real mult, real *out) noexcept nogil:
+                     Py_ssize_t dp, real mult, real *out, real *bad) noexcept nogil:
     """X (N, d) -> out (T, Bxp, dp): block t holds rows [t Bx, t Bx + Bx) times mult, zero-padded.
-    `out` must be zeroed by the caller."""
+    `out` must be zeroed by the caller. With `bad` (N flags, zeroed by the caller), non-finite
+    entries are packed as 0 and bad[n] = 1 marks their row (added back where allowed)."""
     cdef Py_ssize_t n, t
+    cdef real x
     for n in range(N):
         for t in range(d):
-            out[((n // Bx) * Bxp + n % Bx) * dp + t] = mult * X[n * d + t]
+            x = mult * X[n * d + t]
+            if bad != NULL and not isfinite(x):
+                bad[n] = 1
+                x = 0
+            out[((n // Bx) * Bxp + n % Bx) * dp + t] = x
 
 
 @cython.wraparound(False)
 cdef void _pack_cols(const real *X, Py_ssize_t N, Py_ssize_t d, Py_ssize_t Bx, Py_ssize_t Bxp,
-                     Py_ssize_t dp, real mult, real *out) noexcept nogil:
+                     Py_ssize_t dp, real mult, real *out, real *bad) noexcept nogil:
     """X (N, d) -> out (T, dp, Bxp): block t holds X[t Bx : t Bx + Bx]^T times mult, zero-padded.
-    `out` must be zeroed by the caller."""
+    `out` must be zeroed by the caller; `bad` as in _pack_rows."""
     cdef Py_ssize_t n, t
+    cdef real x
     for n in range(N):
         for t in range(d):
-            out[((n // Bx) * dp + t) * Bxp + n % Bx] = mult * X[n * d + t]
+            x = mult * X[n * d + t]
+            if bad != NULL and not isfinite(x):
+                bad[n] = 1
+                x = 0
+            out[((n // Bx) * dp + t) * Bxp + n % Bx] = x
 
 
 # ------------------------------------------------------------------ forward (Algorithm 1)
 
 @cython.wraparound(False)
 cdef void _fwd_q_block(const Shape *s, const real *Qh, const real *KTh, const real *Vh,
-                       const real *biash, Py_ssize_t i, real *Qi, real *S, real *Oi, real *m,
-                       real *l, real *Oh, real *Lh) noexcept nogil:
+                       const real *vh, const real *vbad, const real *biash,
+                       const unsigned char *lay, Py_ssize_t i, real *Qi, real *S, real *Oi,
+                       real *m, real *l, real *Oh, real *Lh) noexcept nogil:
     """One Q block of one head: Alg1 lines 4-14. Qh, Oh (Nq, d); Lh (Nq,); KTh (Tc, dp, Bcp) and
-    Vh (Tc, Bcp, dp) packed; biash (Nq, Nk) or NULL. Qi, S, Oi, m, l: scratch tiles."""
+    Vh (Tc, Bcp, dp) packed (non-finite V entries as 0, flagged in vbad (Nk,); vh (Nk, d) is V
+    itself); biash (Nq, Nk) or NULL; lay: the layout's row i (Tc,) or NULL. Qi, S, Oi, m, l:
+    scratch tiles."""
     cdef Py_ssize_t Br = s.Br, Bc = s.Bc, Brp = s.Brp, Bcp = s.Bcp, d = s.d, dp = s.dp
     cdef Py_ssize_t r0 = i * Br, r1 = min(r0 + Br, s.Nq), nr = r1 - r0
     cdef Py_ssize_t j, c0, c1, nc, r, c, t
     cdef int kind
-    cdef real mx, m_new, m_use, alpha, rowsum, inv
+    cdef real mx, m_new, m_use, alpha, rowsum, inv, bv
     cdef real *Sr
     memset(Qi, 0, Brp * d * sizeof(real))                     # Alg1 l.4: load Q_i (scaled)
     for r in range(nr):
@@ -152,14 +188,15 @@ cdef void _fwd_q_block(const Shape *s, const real *Qh, const real *KTh, const re
         c1 = min(c0 + Bc, s.Nk)
         nc = c1 - c0
         kind = _tile_kind(s, r0, r1, c0, c1)
-        if kind == SKIP:                                      # causal/window block skipping
+        if kind == SKIP or (lay != NULL and lay[j] == 0):     # causal/window/layout skipping
             continue
         _gemm(0, Brp, Bcp, d, Qi, d, KTh + j * dp * Bcp, Bcp, S, Bcp)  # Alg1 l.8: S = Q_i K_j^T
         for r in range(nr):
             Sr = S + r * Bcp
             if biash != NULL:
                 for c in range(nc):
-                    Sr[c] += biash[(r0 + r) * s.Nk + c0 + c]
+                    bv = biash[(r0 + r) * s.Nk + c0 + c]
+                    Sr[c] = -INFINITY if bv == -INFINITY else Sr[c] + bv   # -inf even if S NaN
             if kind == PARTIAL:
                 for c in range(nc):
                     if not _allowed(s, r0 + r, c0 + c):
@@ -168,8 +205,8 @@ cdef void _fwd_q_block(const Shape *s, const real *Qh, const real *KTh, const re
                 mx = mtx_rowmax_f(Sr, <int>nc)
             else:
                 mx = mtx_rowmax_d(Sr, <int>nc)
-            m_new = max(m[r], mx)                             # Alg1 l.9: m = max(m, rowmax S)
-            m_use = m_new if m_new > -INFINITY else 0         # all masked so far: exp(-inf) = 0
+            m_new = _nanmax(m[r], mx)                         # Alg1 l.9: m = max(m, rowmax S)
+            m_use = 0 if m_new == -INFINITY else m_new        # all masked so far: exp(-inf) = 0
             if real is float:                                 # Alg1 l.9: P = exp(S - m), rowsum
                 rowsum = mtx_exp_shift_sum_f(Sr, m_use, <int>nc)
             else:
@@ -183,16 +220,24 @@ cdef void _fwd_q_block(const Shape *s, const real *Qh, const real *KTh, const re
                     Oi[r * dp + t] *= alpha
             m[r] = m_new
         _gemm(1, Brp, dp, Bcp, S, Bcp, Vh + j * Bcp * dp, dp, Oi, dp)  # Alg1 l.10: ... + P V_j
+        for c in range(nc):                                   # non-finite V rows, allowed pairs
+            if vbad[c0 + c] != 0:
+                for r in range(nr):
+                    if _ok(s, biash, r0 + r, c0 + c):
+                        for t in range(d):
+                            bv = vh[(c0 + c) * d + t]
+                            if not isfinite(bv):              # (finite ones are in the GEMM)
+                                Oi[r * dp + t] += S[r * Bcp + c] * bv
     for r in range(nr):
-        if l[r] > 0:
+        if m[r] == -INFINITY:                                 # nothing to attend to
+            for t in range(d):
+                Oh[(r0 + r) * d + t] = 0
+            Lh[r0 + r] = INFINITY
+        else:                                                 # (NaN rows stay NaN)
             inv = 1 / l[r]
             for t in range(d):                                # Alg1 l.12: O = diag(l)^-1 O
                 Oh[(r0 + r) * d + t] = Oi[r * dp + t] * inv
             Lh[r0 + r] = m[r] + log(l[r])                     # Alg1 l.13: L = m + log(l)
-        else:                                                 # nothing to attend to
-            for t in range(d):
-                Oh[(r0 + r) * d + t] = 0
-            Lh[r0 + r] = INFINITY
 
 
 cdef inline Py_ssize_t _fwd_scratch(const Shape *s) noexcept nogil:
@@ -202,17 +247,20 @@ cdef inline Py_ssize_t _fwd_scratch(const Shape *s) noexcept nogil:
 
 @cython.wraparound(False)
 cdef void _fwd(const Shape *s, const real *q, const real *k, const real *v, const real *bias,
-               real *KT, real *Vp, real *scratch, int nthreads, real *o,
+               real *KT, real *Vp, real *vbad, real *scratch, int nthreads, real *o,
                real *L) noexcept nogil:
-    """All heads: pack K^T and V per KV head, then one task per (b, h, Q block); each thread
-    works in its own slice of `scratch` (nthreads x _fwd_scratch)."""
+    """All heads: pack K^T and V per KV head (vbad: B Hkv Nk zeroed flags of non-finite V rows),
+    then one task per (b, h, Q block); each thread works in its own slice of `scratch`
+    (nthreads x _fwd_scratch)."""
     cdef Py_ssize_t Nq = s.Nq, Nk = s.Nk, d = s.d, kvsize = s.Tc * s.Bcp * s.dp
     cdef Py_ssize_t bh, task, b, h, hk, i
     cdef const real *biash
+    cdef const unsigned char *lay
     cdef real *Qi
     for bh in prange(s.B * s.Hkv, schedule="static", num_threads=nthreads):
-        _pack_cols(k + bh * Nk * d, Nk, d, s.Bc, s.Bcp, s.dp, <real>1, KT + bh * kvsize)
-        _pack_rows(v + bh * Nk * d, Nk, d, s.Bc, s.Bcp, s.dp, <real>1, Vp + bh * kvsize)
+        _pack_cols(k + bh * Nk * d, Nk, d, s.Bc, s.Bcp, s.dp, <real>1, KT + bh * kvsize, NULL)
+        _pack_rows(v + bh * Nk * d, Nk, d, s.Bc, s.Bcp, s.dp, <real>1, Vp + bh * kvsize,
+                   vbad + bh * Nk)
     for task in prange(s.B * s.Hq * s.Tr, schedule="dynamic", num_threads=nthreads):
         i = task % s.Tr                                       # Alg1 l.3, in parallel
         h = (task // s.Tr) % s.Hq
@@ -221,9 +269,13 @@ cdef void _fwd(const Shape *s, const real *q, const real *k, const real *v, cons
         biash = NULL
         if bias != NULL:
             biash = bias + ((b if s.Bb > 1 else 0) * s.Hb + (h if s.Hb > 1 else 0)) * Nq * Nk
+        lay = NULL
+        if s.layout != NULL:
+            lay = s.layout + ((h if s.Hl > 1 else 0) * s.Tr + i) * s.Tc
         Qi = scratch + mtx_get_thread_num() * _fwd_scratch(s)
         _fwd_q_block(s, q + (b * s.Hq + h) * Nq * d, KT + (b * s.Hkv + hk) * kvsize,
-                     Vp + (b * s.Hkv + hk) * kvsize, biash, i, Qi, Qi + s.Brp * d,
+                     Vp + (b * s.Hkv + hk) * kvsize, v + (b * s.Hkv + hk) * Nk * d,
+                     vbad + (b * s.Hkv + hk) * Nk, biash, lay, i, Qi, Qi + s.Brp * d,
                      Qi + s.Brp * d + s.Brp * s.Bcp,
                      Qi + s.Brp * d + s.Brp * s.Bcp + s.Brp * s.dp,
                      Qi + s.Brp * d + s.Brp * s.Bcp + s.Brp * s.dp + s.Brp,
@@ -234,20 +286,34 @@ cdef void _fwd(const Shape *s, const real *q, const real *k, const real *v, cons
 
 cdef inline Py_ssize_t _bwd_scratch(const Shape *s) noexcept nogil:
     """Scratch floats per thread for the backward of one KV head: packed K, K^T, V, dK, dV
-    panels, packed Q, Q^T, dO, dO^T, dQ^T panels, L and D, and the P^T, dS^T tiles."""
-    return (5 * s.Tc * s.Bcp * s.dp + 5 * s.Tr * s.Brp * s.dp + 2 * s.Tr * s.Brp
-            + 2 * s.Bcp * s.Brp)
+    panels, packed Q, Q^T, dO, dO^T, dQ^T panels, L, D and the non-finite-row flags of Q, dO
+    and K, and the P^T, dS^T and allowed-pair (M^T) tiles."""
+    return (5 * s.Tc * s.Bcp * s.dp + 5 * s.Tr * s.Brp * s.dp + 4 * s.Tr * s.Brp
+            + s.Tc * s.Bcp + 3 * s.Bcp * s.Brp)
 
 
 @cython.wraparound(False)
 cdef void _bwd_tile(const Shape *s, int kind, Py_ssize_t r0, Py_ssize_t nr, Py_ssize_t c0,
                     Py_ssize_t nc, const real *biash, const real *Kj, const real *KTj,
                     const real *Vj, const real *Qi, const real *QTi, const real *dOi,
-                    const real *dOTi, const real *Li, const real *Di, real *PT, real *dPT,
-                    real *dKj, real *dVj, real *dQTi) noexcept nogil:
-    """Alg2 lines 10-16 for tile (i, j), on transposed tiles (keys as rows)."""
-    cdef Py_ssize_t Brp = s.Brp, Bcp = s.Bcp, d = s.d, dp = s.dp, r, c
+                    const real *dOTi, const real *Li, const real *Di, const real *qh,
+                    const real *doh, const real *kh, const real *qbad, const real *dobad,
+                    const real *kbad, real *PT, real *dPT, real *MT, real *dKj, real *dVj,
+                    real *dQTi) noexcept nogil:
+    """Alg2 lines 10-16 for tile (i, j), on transposed tiles (keys as rows). Qi, KTj, dOi are
+    packed with non-finite entries as 0; qbad, dobad (Nq,) and kbad (Nk,) flag those rows of
+    qh, doh (Nq, d) and kh (Nk, d), which are added back over allowed pairs only."""
+    cdef Py_ssize_t Brp = s.Brp, Bcp = s.Bcp, d = s.d, dp = s.dp, r, c, t
+    cdef bint masked = kind == PARTIAL or biash != NULL
+    cdef bint use_mask = masked or s.nonfinite        # with finite inputs, exp(-inf) and L = inf
+    cdef real x                                       # already give 0 on padding rows
     cdef real *row
+    cdef real *mrow
+    if use_mask:
+        for c in range(Bcp):                                  # M^T: 1 where (r, c) is allowed
+            mrow = MT + c * Brp
+            for r in range(Brp):
+                mrow[r] = c < nc and r < nr and (not masked or _ok(s, biash, r0 + r, c0 + c))
     _gemm(0, Bcp, Brp, d, Kj, dp, QTi, Brp, PT, Brp)          # Alg2 l.10: S^T = K_j Q_i^T
     for c in range(Bcp):
         row = PT + c * Brp
@@ -257,22 +323,51 @@ cdef void _bwd_tile(const Shape *s, int kind, Py_ssize_t r0, Py_ssize_t nr, Py_s
         if biash != NULL:
             for r in range(nr):
                 row[r] += biash[(r0 + r) * s.Nk + c0 + c]
-        if kind == PARTIAL:
-            for r in range(nr):
-                if not _allowed(s, r0 + r, c0 + c):
-                    row[r] = -INFINITY
         if real is float:                                     # Alg2 l.11: P = exp(S - L_i)
-            mtx_exp_minus_f(row, Li, <int>Brp)                # (L = +inf on padding rows: P = 0)
+            mtx_exp_minus_f(row, Li, <int>Brp)
         else:
             mtx_exp_minus_d(row, Li, <int>Brp)
+        if use_mask:
+            mrow = MT + c * Brp
+            for r in range(Brp):                              # exactly 0 where masked or
+                row[r] = row[r] if mrow[r] != 0 else 0        # padding, even if S or L is NaN
     _gemm(1, Bcp, dp, Brp, PT, Brp, dOi, dp, dVj, dp)         # Alg2 l.12: dV_j += P^T dO_i
+    for r in range(nr):                                       # ... + non-finite dO rows
+        if dobad[r0 + r] != 0:
+            for c in range(nc):
+                if MT[c * Brp + r] != 0:
+                    for t in range(d):
+                        x = doh[(r0 + r) * d + t]
+                        if not isfinite(x):                   # (finite ones are in the GEMM)
+                            dVj[c * dp + t] += PT[c * Brp + r] * x
     _gemm(0, Bcp, Brp, d, Vj, dp, dOTi, Brp, dPT, Brp)        # Alg2 l.13: dP^T = V_j dO_i^T
     for c in range(Bcp):                                      # Alg2 l.14: dS = P * (dP - D_i)
         row = dPT + c * Brp
-        for r in range(Brp):
-            row[r] = PT[c * Brp + r] * (row[r] - Di[r])
+        if use_mask:                                          # (0 where masked, NaN or not)
+            mrow = MT + c * Brp
+            for r in range(Brp):
+                row[r] = PT[c * Brp + r] * (row[r] - Di[r]) if mrow[r] != 0 else 0
+        else:
+            for r in range(Brp):
+                row[r] = PT[c * Brp + r] * (row[r] - Di[r])
     _gemm(1, Bcp, dp, Brp, dPT, Brp, Qi, dp, dKj, dp)         # Alg2 l.16: dK_j += dS^T Q_i
+    for r in range(nr):                                       # ... + non-finite Q rows
+        if qbad[r0 + r] != 0:
+            for c in range(nc):
+                if MT[c * Brp + r] != 0:
+                    for t in range(d):
+                        x = <real>s.scale * qh[(r0 + r) * d + t]
+                        if not isfinite(x):
+                            dKj[c * dp + t] += dPT[c * Brp + r] * x
     _gemm(1, dp, Brp, Bcp, KTj, Bcp, dPT, Brp, dQTi, Brp)     # Alg2 l.15: dQ_i^T += K_j^T dS^T
+    for c in range(nc):                                       # ... + non-finite K rows
+        if kbad[c0 + c] != 0:
+            for r in range(nr):
+                if MT[c * Brp + r] != 0:
+                    for t in range(d):
+                        x = kh[(c0 + c) * d + t]
+                        if not isfinite(x):
+                            dQTi[t * Brp + r] += x * dPT[c * Brp + r]
 
 
 @cython.wraparound(False)
@@ -287,6 +382,7 @@ cdef void _bwd_kv_head(const Shape *s, Py_ssize_t b, Py_ssize_t hk, const real *
     cdef int kind
     cdef real acc
     cdef const real *biash
+    cdef const unsigned char *layh = NULL
     cdef const real *qh
     cdef const real *oh
     cdef const real *doh
@@ -303,12 +399,16 @@ cdef void _bwd_kv_head(const Shape *s, Py_ssize_t b, Py_ssize_t hk, const real *
     cdef real *dQT = dOTp + qsize
     cdef real *Lp = dQT + qsize
     cdef real *Dp = Lp + s.Tr * Brp
-    cdef real *PT = Dp + s.Tr * Brp
+    cdef real *qbad = Dp + s.Tr * Brp                         # flags of non-finite rows
+    cdef real *dobad = qbad + s.Tr * Brp
+    cdef real *kbad = dobad + s.Tr * Brp
+    cdef real *PT = kbad + s.Tc * Bcp
     cdef real *dPT = PT + tile
-    n = (b * s.Hkv + hk) * Nk * d
-    _pack_rows(k + n, Nk, d, s.Bc, Bcp, dp, <real>1, Kp)      # Alg2 l.6: load K_j, V_j (all j)
-    _pack_cols(k + n, Nk, d, s.Bc, Bcp, dp, <real>1, KTp)
-    _pack_rows(v + n, Nk, d, s.Bc, Bcp, dp, <real>1, Vp)
+    cdef real *MT = dPT + tile
+    cdef const real *kh = k + (b * s.Hkv + hk) * Nk * d
+    _pack_rows(kh, Nk, d, s.Bc, Bcp, dp, <real>1, Kp, NULL)   # Alg2 l.6: load K_j, V_j (all j)
+    _pack_cols(kh, Nk, d, s.Bc, Bcp, dp, <real>1, KTp, kbad)  # (K^T only feeds dQ: flagged)
+    _pack_rows(v + (b * s.Hkv + hk) * Nk * d, Nk, d, s.Bc, Bcp, dp, <real>1, Vp, NULL)
     for g in range(s.G):
         h = hk * s.G + g
         n = (b * s.Hq + h) * Nq * d
@@ -316,11 +416,14 @@ cdef void _bwd_kv_head(const Shape *s, Py_ssize_t b, Py_ssize_t hk, const real *
         biash = NULL
         if bias != NULL:
             biash = bias + ((b if s.Bb > 1 else 0) * s.Hb + (h if s.Hb > 1 else 0)) * Nq * Nk
+        if s.layout != NULL:                                  # this head's layout (Tr, Tc)
+            layh = s.layout + (h if s.Hl > 1 else 0) * s.Tr * s.Tc
         memset(Qp, 0, 5 * qsize * sizeof(real))               # Qp, QTp, dOp, dOTp, dQT
-        _pack_rows(qh, Nq, d, s.Br, Brp, dp, <real>s.scale, Qp)   # Q_i scaled: S = (scale Q) K^T
-        _pack_cols(qh, Nq, d, s.Br, Brp, dp, <real>s.scale, QTp)
-        _pack_rows(doh, Nq, d, s.Br, Brp, dp, <real>1, dOp)
-        _pack_cols(doh, Nq, d, s.Br, Brp, dp, <real>1, dOTp)
+        memset(qbad, 0, 2 * s.Tr * Brp * sizeof(real))        # qbad, dobad
+        _pack_rows(qh, Nq, d, s.Br, Brp, dp, <real>s.scale, Qp, qbad)   # Q_i scaled: S = (scale Q) K^T
+        _pack_cols(qh, Nq, d, s.Br, Brp, dp, <real>s.scale, QTp, NULL)  # (Q rows feed dK: flagged)
+        _pack_rows(doh, Nq, d, s.Br, Brp, dp, <real>1, dOp, dobad)      # (dO rows feed dV: flagged)
+        _pack_cols(doh, Nq, d, s.Br, Brp, dp, <real>1, dOTp, NULL)
         for r in range(s.Tr * Brp):
             Lp[r] = INFINITY                                  # padding rows: P = exp(-inf) = 0
             Dp[r] = 0
@@ -337,13 +440,14 @@ cdef void _bwd_kv_head(const Shape *s, Py_ssize_t b, Py_ssize_t hk, const real *
                 r0 = i * s.Br
                 r1 = min(r0 + s.Br, Nq)
                 kind = _tile_kind(s, r0, r1, c0, c1)
-                if kind == SKIP:
+                if kind == SKIP or (layh != NULL and layh[i * s.Tc + j] == 0):
                     continue
                 _bwd_tile(s, kind, r0, r1 - r0, c0, c1 - c0, biash,
                           Kp + j * Bcp * dp, KTp + j * dp * Bcp, Vp + j * Bcp * dp,
                           Qp + i * Brp * dp, QTp + i * dp * Brp, dOp + i * Brp * dp,
-                          dOTp + i * dp * Brp, Lp + i * Brp, Dp + i * Brp, PT, dPT,
-                          dKp + j * Bcp * dp, dVp + j * Bcp * dp, dQT + i * dp * Brp)
+                          dOTp + i * dp * Brp, Lp + i * Brp, Dp + i * Brp, qh, doh, kh, qbad,
+                          dobad, kbad, PT, dPT, MT, dKp + j * Bcp * dp, dVp + j * Bcp * dp,
+                          dQT + i * dp * Brp)
         for r in range(Nq):                                   # write dQ_i = scale (dQ_i^T)^T
             for t in range(d):
                 dq[n + r * d + t] = <real>s.scale * dQT[((r // s.Br) * dp + t) * Brp + r % s.Br]
@@ -379,6 +483,8 @@ cdef Shape _shape(q, k, v, bias, scale, is_causal, window, Br, Bc) except *:
         if blk is None:                 # check_qkv lets None through (the NumPy default)
             raise ValueError(f"block size {name} must be an int >= 1, got None")
     s.B, s.Hq, s.Hkv, s.Nq, s.Nk, s.d, s.scale = check_qkv(q, k, v, bias, scale, Br, Bc)
+    s.nonfinite = False
+    s.Hl, s.layout = 1, NULL
     s.G = s.Hq // s.Hkv
     s.Bb, s.Hb = (1, 1) if bias is None else bias.shape[:2]
     s.left, s.right = resolve_window(is_causal, window)
@@ -390,7 +496,19 @@ cdef Shape _shape(q, k, v, bias, scale, is_causal, window, Br, Bc) except *:
     return s
 
 
-def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None, Br=96, Bc=96):
+cdef object _layout(block_layout, Shape *s, Br, Bc):
+    """Validate a block layout with the reference's check_layout; return it as contiguous uint8
+    (Hl, Tr, Tc) (or None) and set s.Hl."""
+    from minitx.attention.checks import check_layout
+    lay = check_layout(block_layout, s.Hq, s.Nq, s.Nk, Br, Bc)
+    if lay is None:
+        return None
+    s.Hl = lay.shape[0]
+    return np.ascontiguousarray(lay, dtype=np.uint8)
+
+
+def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None, Br=96, Bc=96,
+                   block_layout=None):
     """FlashAttention-2 forward (Algorithm 1), twin of minitx.attention.flash2.flash2_forward.
 
     Args:
@@ -398,10 +516,17 @@ def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None,
         bias: None or additive (Bb, Hb, Nq, Nk), Bb in {1, B}, Hb in {1, Hq}.
         scale: None means 1/sqrt(d). is_causal: bottom-right aligned. window: (left, right).
         Br, Bc: block sizes (any ints >= 1).
+        block_layout: None or bool (Tr, Tc) / (1 or Hq, Tr, Tc) block-sparse layout over tiles
+            Br = Bc (checks.check_layout); tiles outside it are never read.
     Returns:
         o (B, Hq, Nq, d) and L (B, Hq, Nq) row logsumexp (+inf for fully masked rows).
     """
     cdef Shape s = _shape(q, k, v, bias, scale, is_causal, window, Br, Bc)
+    cdef const unsigned char[:, :, ::1] lay_v
+    lay = _layout(block_layout, &s, Br, Bc)                  # kept alive until the kernel returns
+    if lay is not None:
+        lay_v = lay
+        s.layout = &lay_v[0, 0, 0]
     q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))
     if bias is not None:
         bias = np.ascontiguousarray(bias)
@@ -409,30 +534,38 @@ def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None,
     L = np.empty(q.shape[:3], dtype=q.dtype)
     KT = np.zeros(s.B * s.Hkv * s.Tc * s.Bcp * s.dp, dtype=q.dtype)   # packed K_j^T panels
     Vp = np.zeros(s.B * s.Hkv * s.Tc * s.Bcp * s.dp, dtype=q.dtype)   # packed V_j panels
+    vbad = np.zeros(s.B * s.Hkv * s.Nk, dtype=q.dtype)                # flags: non-finite V rows
     cdef int nthreads = max(1, mtx_get_max_threads())
     scratch = np.empty(nthreads * _fwd_scratch(&s), dtype=q.dtype)   # per-thread tiles
     if q.dtype == np.float32:
-        _fwd_entry[float](&s, q, k, v, bias, KT, Vp, scratch, nthreads, o, L)
+        _fwd_entry[float](&s, q, k, v, bias, KT, Vp, vbad, scratch, nthreads, o, L)
     else:
-        _fwd_entry[double](&s, q, k, v, bias, KT, Vp, scratch, nthreads, o, L)
+        _fwd_entry[double](&s, q, k, v, bias, KT, Vp, vbad, scratch, nthreads, o, L)
     return o, L
 
 
 def flash2_backward(q, k, v, bias, o, L, do, scale=None, is_causal=False, window=None,
-                    Br=64, Bc=192):
+                    Br=64, Bc=192, block_layout=None):
     """FlashAttention-2 backward (Algorithm 2), twin of minitx.attention.flash2.flash2_backward.
 
     Args:
         q, k, v, bias, scale, is_causal, window: as given to flash2_forward.
         Br, Bc: block sizes (independent of the forward's; taller K/V blocks suit the backward).
+        block_layout: as in flash2_forward (then Br = Bc = its block size).
         o: (B, Hq, Nq, d), L: (B, Hq, Nq) from flash2_forward; do: (B, Hq, Nq, d).
     Returns:
         dq (B, Hq, Nq, d), dk (B, Hkv, Nk, d), dv (B, Hkv, Nk, d).
     """
     cdef Shape s = _shape(q, k, v, bias, scale, is_causal, window, Br, Bc)
+    cdef const unsigned char[:, :, ::1] lay_v
+    lay = _layout(block_layout, &s, Br, Bc)                  # kept alive until the kernel returns
+    if lay is not None:
+        lay_v = lay
+        s.layout = &lay_v[0, 0, 0]
     from minitx.attention.checks import check_forward_outputs
     check_forward_outputs(q, o, L, do)
     q, k, v, o, L, do = (np.ascontiguousarray(a) for a in (q, k, v, o, L, do))
+    s.nonfinite = not all(np.isfinite(a).all() for a in (q, k, v, do))
     if bias is not None:
         bias = np.ascontiguousarray(bias)
     dq = np.empty(q.shape, dtype=q.dtype)
@@ -452,7 +585,7 @@ def flash2_backward(q, k, v, bias, o, L, do, scale=None, is_causal=False, window
 
 cdef void _fwd_entry(const Shape *s, const real[:, :, :, ::1] q, const real[:, :, :, ::1] k,
                      const real[:, :, :, ::1] v, bias, real[::1] KT, real[::1] Vp,
-                     real[::1] scratch, int nthreads, real[:, :, :, ::1] o,
+                     real[::1] vbad, real[::1] scratch, int nthreads, real[:, :, :, ::1] o,
                      real[:, :, ::1] L) except *:
     cdef const real[:, :, :, ::1] b4
     cdef const real *bp = NULL
@@ -460,8 +593,8 @@ cdef void _fwd_entry(const Shape *s, const real[:, :, :, ::1] q, const real[:, :
         b4 = bias
         bp = &b4[0, 0, 0, 0]
     with nogil:
-        _fwd(s, &q[0, 0, 0, 0], &k[0, 0, 0, 0], &v[0, 0, 0, 0], bp, &KT[0], &Vp[0], &scratch[0],
-             nthreads, &o[0, 0, 0, 0], &L[0, 0, 0])
+        _fwd(s, &q[0, 0, 0, 0], &k[0, 0, 0, 0], &v[0, 0, 0, 0], bp, &KT[0], &Vp[0], &vbad[0],
+             &scratch[0], nthreads, &o[0, 0, 0, 0], &L[0, 0, 0])
 
 
 cdef void _bwd_entry(const Shape *s, const real[:, :, :, ::1] q, const real[:, :, :, ::1] k,

@@ -13,8 +13,14 @@
  *   ln 2 split into a short high part and a low correction (Cody & Waite, "Software Manual for the
  *   Elementary Functions", 1980), so |r| <= ln(2)/2; e^r by its Taylor series to degree 7 in Horner
  *   form (truncation error < 0.347^8 / 8! = 5.3e-9, below float32 rounding); 2^n built directly in
- *   the exponent bits. Inputs below -87.3 (including -inf) give exactly 0. Max relative error
+ *   the exponent bits. Inputs below -87.3 (including -inf) give exactly 0, inputs above 88
+ *   saturate at exp(88) (softmax never asks for them), NaN gives NaN. Max relative error
  *   measured against double exp: ~2e-7 (a couple of float32 ulps).
+ *
+ * NaN (issue 14): the row max and the exponentials propagate NaN, so a NaN score poisons its row
+ * exactly as in the NumPy reference. (_mm256_max_ps/_min_ps return their *second* operand when
+ * either is NaN: the clamps below put x second so that NaN passes through, and the row max keeps
+ * a separate "saw a NaN" flag because a max over lanes would drop it.)
  */
 #ifndef MINITX_FLASH_SIMD_H
 #define MINITX_FLASH_SIMD_H
@@ -121,9 +127,9 @@ static void mtx_gemm_f(int acc, int M, int N, int K, const float *A, int lda,
 #if MTX_HAVE_AVX2
 static inline __m256 mtx_exp256(__m256 x)
 {
-    const __m256 underflow = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3f), _CMP_LT_OQ);
-    x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
-    x = _mm256_min_ps(x, _mm256_set1_ps(88.0f));
+    const __m256 underflow = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3f), _CMP_LT_OQ);  /* NaN: no */
+    x = _mm256_max_ps(_mm256_set1_ps(-87.3f), x);          /* x second: NaN passes through */
+    x = _mm256_min_ps(_mm256_set1_ps(88.0f), x);
     const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);      /* x - n ln2_hi */
@@ -169,27 +175,40 @@ static inline float mtx_expf(float x)
 #endif
 }
 
-/* max(x[0..n)), -inf for n == 0 */
+/* max(x[0..n)), -inf for n == 0, NaN if any x[c] is NaN */
 static float mtx_rowmax_f(const float *x, int n)
 {
-    int c = 0;
+    int c = 0, nan = 0;
     float m = -INFINITY;
 #if MTX_HAVE_AVX2
     if (n >= 8) {
         __m256 v = _mm256_loadu_ps(x);
-        for (c = 8; c + 8 <= n; c += 8) v = _mm256_max_ps(v, _mm256_loadu_ps(x + c));
+        __m256 isnan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
+        for (c = 8; c + 8 <= n; c += 8) {
+            const __m256 y = _mm256_loadu_ps(x + c);
+            isnan = _mm256_or_ps(isnan, _mm256_cmp_ps(y, y, _CMP_UNORD_Q));
+            v = _mm256_max_ps(v, y);
+        }
         m = mtx_hmax256(v);
+        nan = _mm256_movemask_ps(isnan);
     }
 #endif
-    for (; c < n; c++) m = x[c] > m ? x[c] : m;
-    return m;
+    for (; c < n; c++) {
+        nan |= x[c] != x[c];
+        m = x[c] > m ? x[c] : m;
+    }
+    return nan ? NAN : m;
 }
 
 static double mtx_rowmax_d(const double *x, int n)
 {
     double m = -INFINITY;
-    for (int c = 0; c < n; c++) m = x[c] > m ? x[c] : m;
-    return m;
+    int nan = 0;
+    for (int c = 0; c < n; c++) {
+        nan |= x[c] != x[c];
+        m = x[c] > m ? x[c] : m;
+    }
+    return nan ? (double)NAN : m;
 }
 
 /* x[c] = exp(x[c] - shift) in place; returns the sum of the new x (the online-softmax row sum) */

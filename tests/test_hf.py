@@ -252,6 +252,7 @@ def test_missing_directory(tmp_path):
     (dict(pos="rope", mlp="swiglu"), "LlamaForCausalLM needs norm=rmsnorm \\("),
     (dict(norm="rmsnorm", pos="rope", mlp="swiglu", dropout=0.1),
      "LlamaForCausalLM needs dropout=0"),
+    (dict(attention_pattern="window:8"), "GPT2LMHeadModel needs attention_pattern=dense;"),
 ])
 def test_inexpressible_models_are_errors(tmp_path, overrides, message):
     model = GPT(get_config("tiny", **overrides))

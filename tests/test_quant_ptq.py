@@ -7,7 +7,8 @@ import pytest
 import minitx
 from minitx.nn.modules import Linear
 from minitx.quant import experiments as E
-from minitx.quant.compensate import LowRankAdapter, add_compensation, recovered_fraction
+from minitx.lora import LoRALinear
+from minitx.quant.compensate import add_compensation, recovered_fraction
 from minitx.quant.integer import qrange
 from minitx.quant.linear import QuantLinear, linear_layers
 from minitx.quant.ptq import (W8A8Linear, calibrate, layer_sensitivity, mixed_precision_plan,
@@ -146,7 +147,7 @@ def test_compensation_trains_only_the_new_layers(trained):
     lc = E.evaluate(q, val)
     assert lc < lq
     for n, m in q.named_modules():
-        if isinstance(m, LowRankAdapter):
+        if isinstance(m, LoRALinear):
             base_name = n
             assert np.array_equal(m.base.qweight.arrays["codes"], codes[base_name])
     for n, p in q.named_parameters():

@@ -7,7 +7,10 @@
 All four compute the same function; each backward is its implementation's own (naive: through
 the saved P; flash: recomputation of P from the saved softmax statistics, never an N x N buffer).
 Mask conventions (bottom-right causal alignment, sliding windows, fully masked rows -> 0) are in
-masks.py; the IO model of FA-1's Theorem 2 is io.py.
+masks.py; the IO model of FA-1's Theorem 2 is io.py. Long context (issue 12): block-sparse
+layouts (sparse.py; `block_layout=` here), linear and Performer attention (linear.py),
+Transformer-XL and kNN memories (memory.py), and the GPT's per-layer choice among them
+(patterns.py).
 """
 import importlib
 
@@ -15,6 +18,7 @@ import numpy as np
 
 from minitx import random as _random
 from minitx.autograd import Function, Tensor
+from minitx.attention.checks import check_layout
 from minitx.attention.flash1 import flash1_backward, flash1_forward
 from minitx.attention.flash2 import flash2_backward, flash2_forward
 from minitx.attention.masks import mask_to_bias, resolve_window
@@ -48,14 +52,19 @@ class _Attention(Function):
     """Differentiable attention; forward and backward are the chosen implementation's own."""
 
     @staticmethod
-    def forward(ctx, query, key, value, *, bias, scale, is_causal, window, impl, dropout_mask):
+    def forward(ctx, query, key, value, *, bias, scale, is_causal, window, impl, dropout_mask,
+                block_layout, block_size):
         q, k, v = _to4d(query), _to4d(key), _to4d(value)      # (B, Hq, Nq, d), (B, Hkv, Nk, d)
         ctx.shapes = (query.shape, key.shape)
         ctx.impl, ctx.dropout_mask = impl, dropout_mask
         ctx.opts = dict(scale=scale, is_causal=is_causal, window=window)
+        if block_layout is not None:                           # block-sparse: tiles = blocks
+            ctx.opts["block_layout"] = block_layout
+            ctx.opts.update(dict(block_size=block_size) if impl == "naive"
+                            else dict(Br=block_size, Bc=block_size))
         if impl == "naive":
             o, P = naive_forward(q, k, v, bias, dropout_mask=dropout_mask, **ctx.opts)
-            ctx.save_for_backward(q, k, v, P)
+            ctx.save_for_backward(q, k, v, bias, P)
         elif impl == "flash1":
             o, m, l = flash1_forward(q, k, v, bias, **ctx.opts)
             ctx.save_for_backward(q, k, v, bias, o, m, l)
@@ -70,9 +79,9 @@ class _Attention(Function):
         qshape, kshape = ctx.shapes
         do = np.ascontiguousarray(_to4d(grad_out), dtype=ctx.saved_tensors[0].dtype)
         if ctx.impl == "naive":
-            q, k, v, P = ctx.saved_tensors
-            dq, dk, dv = naive_backward(q, k, v, P, do, scale=ctx.opts["scale"],
-                                        dropout_mask=ctx.dropout_mask)
+            q, k, v, bias, P = ctx.saved_tensors
+            dq, dk, dv = naive_backward(q, k, v, P, do, dropout_mask=ctx.dropout_mask, bias=bias,
+                                        **ctx.opts)
         elif ctx.impl == "flash1":
             q, k, v, bias, o, m, l = ctx.saved_tensors
             dq, dk, dv = flash1_backward(q, k, v, bias, o, m, l, do, **ctx.opts)
@@ -111,15 +120,21 @@ def _check_inputs(q, k, v, enable_gqa):
 
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
                                  is_causal=False, scale=None, enable_gqa=False, impl="naive",
-                                 window=None):
+                                 window=None, block_layout=None, block_size=None):
     """softmax(query key^T * scale + mask) value, differentiable, with a choice of algorithm.
 
     PyTorch's `torch.nn.functional.scaled_dot_product_attention` semantics, plus:
       - `impl`: "naive", "flash1", "flash2" (NumPy) or "c" (Cython flash2 kernel);
       - `window=(left, right)`: sliding window, -1/None for unbounded (flash-attn's window_size);
+      - `block_layout`, `block_size`: block-sparse attention (sparse.py builds layouts): query
+        block i may see key block j where block_layout[..., i, j]; blocks of block_size indices
+        from 0. naive applies it as a dense mask; the tiled impls use block_size as their tile
+        (Br = Bc) and never read a tile outside the layout. Composes with every other mask;
       - `is_causal` is aligned bottom-right when Nq != Nk (flash-attn >= 2.1; PyTorch aligns
         top-left), so a decoding step with Nq = 1 sees all Nk cached keys;
-      - a query row with no allowed key gives zeros (not NaN).
+      - a query row with no allowed key gives zeros (not NaN);
+      - NaN in query, key or value spreads from every pair the mask allows and from no other
+        (masked pairs and skipped tiles never contribute), forward and backward (masks.py).
     Args:
         query: Tensor or ndarray (..., Hq, Nq, d); key, value: (..., Hkv, Nk, d), same leading
             dims; Hq == Hkv unless enable_gqa (then Hq a multiple of Hkv, PyTorch's grouping).
@@ -128,6 +143,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         dropout_p: dropout on the attention probabilities (impl="naive" only; the flash kernels
             here have no in-kernel random number generator).
         is_causal: causal mask; scale: None means 1/sqrt(d).
+        block_layout: None or bool (ceil(Nq/bs), ceil(Nk/bs)), or (1 or Hq, ..) per query head;
+            block_size: int bs >= 1, required with (and only with) a layout.
     Returns:
         Tensor (..., Hq, Nq, d).
     """
@@ -143,6 +160,15 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     if dropout_p > 0 and impl != "naive":
         raise ValueError(f"dropout_p={dropout_p} is only supported with impl='naive', got "
                          f"impl={impl!r}")
+    if block_layout is None and block_size is not None:
+        raise ValueError(f"block_size={block_size!r} needs a block_layout (it is the layout's "
+                         "block, not a tuning knob)")
+    if block_layout is not None:
+        if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) \
+                or block_size < 1:
+            raise ValueError(f"block_size must be an int >= 1 with a block_layout, got "
+                             f"{block_size!r}")
+        block_layout = check_layout(block_layout, Hq, Nq, Nk, block_size, block_size)
     if impl == "c":
         _c_kernels()                                           # fail early if not built
     dtype = arrays[0].dtype
@@ -154,4 +180,5 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         dropout_mask = (keep / (1.0 - dropout_p) if dropout_p < 1 else keep * 0.0).astype(dtype)
     args = [x if isinstance(x, Tensor) else a for x, a in zip((query, key, value), arrays)]
     return _Attention.apply(*args, bias=bias, scale=scale, is_causal=is_causal, window=window,
-                            impl=impl, dropout_mask=dropout_mask)
+                            impl=impl, dropout_mask=dropout_mask, block_layout=block_layout,
+                            block_size=block_size)

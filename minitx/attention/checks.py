@@ -56,6 +56,32 @@ def check_qkv(q, k, v, bias, scale, Br=None, Bc=None):
     return B, Hq, Hkv, Nq, Nk, d, scale
 
 
+def check_layout(block_layout, Hq, Nq, Nk, Br, Bc):
+    """Validate a block-sparse layout; return it as a bool array (Hl, Tr, Tc), Hl in {1, Hq}.
+
+    Args:
+        block_layout: None, or a bool ndarray (Tr, Tc) or (Hl, Tr, Tc): True where query block i
+            may attend to key block j (blocks of Br = Bc rows/keys from index 0; the last ones
+            may be short); Hl = 1 (all heads) or Hq (one layout per query head).
+        Hq, Nq, Nk: query heads and sequence lengths; Br, Bc: the tile size, which must be equal.
+    Returns:
+        None or the layout as (Hl, Tr, Tc) bool.
+    """
+    if block_layout is None:
+        return None
+    if not isinstance(block_layout, np.ndarray) or block_layout.dtype != np.bool_:
+        raise TypeError("block_layout must be a bool numpy.ndarray, got "
+                        f"{getattr(block_layout, 'dtype', type(block_layout).__name__)}")
+    if Br != Bc:
+        raise ValueError(f"with a block_layout the tiles are square: Br ({Br}) must equal Bc ({Bc})")
+    Tr, Tc = -(-Nq // Br), -(-Nk // Bc)
+    lay = block_layout[None] if block_layout.ndim == 2 else block_layout
+    if lay.ndim != 3 or lay.shape[0] not in (1, Hq) or lay.shape[1:] != (Tr, Tc):
+        raise ValueError(f"block_layout must be ({Tr}, {Tc}) or (1 or {Hq}, {Tr}, {Tc}) for "
+                         f"Nq={Nq}, Nk={Nk} and block size {Br}, got {block_layout.shape}")
+    return lay
+
+
 def check_forward_outputs(q, o, L, do):
     """Validate the backward's o, L (from the forward) and do against q (B, Hq, Nq, d)."""
     check_array("o", o, 4, q.dtype)

@@ -13,28 +13,56 @@ in parallel), O is rescaled by exp(m_old - m_new) but divided by l only once at 
 is saved. The batch and head dims ride along as leading dims of every tile (NumPy vectorises
 over them); the Cython twin `minitx_c.flash` loops over them explicitly with the same names.
 
-Extras that the real kernel has: a scale, bottom-right causal masks and sliding windows with
-whole tiles skipped (`masks.tile_kind`), additive bias, GQA, blocks that need not divide N, and
-rows with nothing to attend to giving O = 0, L = +inf.
+Extras that the real kernel has: block-sparse layouts (tiles outside never read), a scale,
+bottom-right causal masks and sliding windows with whole tiles skipped (`masks.tile_kind`),
+additive bias, GQA, blocks that need not divide N, rows with nothing to attend to giving O = 0,
+L = +inf, and issue 14's NaN rule: NaN spreads from allowed pairs only, never from masked pairs
+or skipped tiles (masks.py, `matmul_allowed`).
 """
 import numpy as np
 
-from minitx.attention.checks import check_forward_outputs, check_qkv, group_bias, group_heads
-from minitx.attention.masks import allowed, resolve_window, tile_kind
+from minitx.attention.checks import (check_forward_outputs, check_layout, check_qkv, group_bias,
+                                     group_heads)
+from minitx.attention.masks import (layout_heads, layout_tile, matmul_allowed, resolve_window,
+                                    tile_allowed, tile_kind)
 
 
-def _score_tile(Qi, Kj, bg, r0, r1, c0, c1, kind, scale, Nq, Nk, left, right):
-    """S = scale * Q_i K_j^T + bias tile, with -inf where the mask forbids. (..., Br, Bc)"""
+def _tile(layg, i, j, r0, r1, c0, c1, Nq, Nk, left, right):
+    """tile_kind of tile (i, j), with the block layout: returns (kind, heads), heads None (all
+    live) or the live heads (masks.layout_tile); a tile no head has is "skip", never read."""
+    kind = tile_kind(r0, r1, c0, c1, Nq, Nk, left, right)
+    if kind == "skip" or layg is None:
+        return kind, None
+    heads = layout_tile(layg, i, j)
+    if isinstance(heads, str):
+        return "skip", None
+    return kind, heads
+
+
+def _score_tile(Qi, Kj, bg, r0, r1, c0, c1, kind, scale, Nq, Nk, left, right, heads=None):
+    """S = scale * Q_i K_j^T + bias tile, -inf where the mask forbids (even where the product is
+    NaN), and the tile's allowed pairs (None if all are allowed; see masks.tile_allowed).
+
+    Returns:
+        S (..., Br, Bc) and ok (None or bool broadcastable to S).
+    """
     S = scale * (Qi @ Kj.swapaxes(-1, -2))                     # (B, Hkv, G, Br, Bc)
     if bg is not None:
         S = S + bg[..., r0:r1, c0:c1]
-    if kind == "partial":
-        ok = allowed(np.arange(r0, r1), np.arange(c0, c1), Nq, Nk, left, right)
+    ok = tile_allowed(bg, r0, r1, c0, c1, kind, Nq, Nk, left, right, heads)
+    if ok is not None:
         S = np.where(ok, S, -np.inf)
-    return S
+    return S, ok
 
 
-def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None, Br=96, Bc=96):
+def _shift(m):
+    """The max to subtract in exp(S - m): 0 for a row with nothing allowed yet (m = -inf), so
+    that exp(-inf - 0) = 0; NaN stays NaN and poisons the row (issue 14's rule)."""
+    return np.where(m == -np.inf, 0, m)
+
+
+def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None, Br=96, Bc=96,
+                   block_layout=None):
     """FlashAttention-2 forward (Algorithm 1).
 
     Args:
@@ -43,11 +71,15 @@ def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None,
         is_causal: bottom-right causal mask; window: (left, right) or None (see masks.py).
         Br, Bc: block sizes (any ints >= 1; need not divide Nq, Nk). The defaults are the
             fastest measured for the Cython twin at d = 64 (benchmarks/attention.py).
+        block_layout: None or bool (Tr, Tc) / (1 or Hq, Tr, Tc): block-sparse attention with
+            tiles Br = Bc (checks.check_layout); tiles outside it are skipped, never read.
     Returns:
         o (B, Hq, Nq, d) and L (B, Hq, Nq), the row logsumexp (+inf for fully masked rows).
     """
     B, Hq, Hkv, Nq, Nk, d, scale = check_qkv(q, k, v, bias, scale, Br, Bc)
     left, right = resolve_window(is_causal, window)
+    lay = check_layout(block_layout, Hq, Nq, Nk, Br, Bc)      # None or (Hl, Tr, Tc)
+    layg = None if lay is None else layout_heads(lay, Hkv)    # (1, Hkv|1, G|1, Tr, Tc)
     qg = group_heads(q, Hkv)                                   # (B, Hkv, G, Nq, d)
     kg, vg = k[:, :, None], v[:, :, None]                      # (B, Hkv, 1, Nk, d)
     bg = group_bias(bias, Hkv)
@@ -62,33 +94,33 @@ def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None,
         mi = np.full(Qi.shape[:-1] + (1,), -np.inf, dtype=q.dtype)
         for j in range(Tc):                                    # Alg1 l.6: for 1 <= j <= Tc
             c0, c1 = j * Bc, min((j + 1) * Bc, Nk)
-            kind = tile_kind(r0, r1, c0, c1, Nq, Nk, left, right)
-            if kind == "skip":                                 # causal/window block skipping
+            kind, heads = _tile(layg, i, j, r0, r1, c0, c1, Nq, Nk, left, right)
+            if kind == "skip":                                 # causal/window/layout skipping
                 continue
             Kj, Vj = kg[..., c0:c1, :], vg[..., c0:c1, :]      # Alg1 l.7: load K_j, V_j
-            S = _score_tile(Qi, Kj, bg, r0, r1, c0, c1, kind,  # Alg1 l.8: S = Q_i K_j^T
-                            scale, Nq, Nk, left, right)        # (B, Hkv, G, Br, Bc)
+            S, ok = _score_tile(Qi, Kj, bg, r0, r1, c0, c1,    # Alg1 l.8: S = Q_i K_j^T
+                                kind, scale, Nq, Nk, left, right, heads)
             m_new = np.maximum(mi, S.max(axis=-1, keepdims=True))   # Alg1 l.9: m = max(m, rowmax S)
-            m_use = np.where(np.isfinite(m_new), m_new, 0)     # all masked so far: exp(-inf) = 0
+            m_use = _shift(m_new)                              # all masked so far: exp(-inf) = 0
             P = np.exp(S - m_use)                              # Alg1 l.9: P = exp(S - m)
             alpha = np.exp(mi - m_use)                         # exp(m_old - m_new)
             li = alpha * li + P.sum(axis=-1, keepdims=True)    # Alg1 l.9: l = e^(..) l + rowsum P
-            Oi = alpha * Oi + P @ Vj                           # Alg1 l.10: O = diag(e^(..)) O + P V_j
+            Oi = alpha * Oi + matmul_allowed(P, Vj, ok)        # Alg1 l.10: O = diag(e^(..)) O + P V_j
             mi = m_new
-        ok = li > 0
-        o[..., r0:r1, :] = np.where(ok, Oi / np.where(ok, li, 1), 0)  # Alg1 l.12: O = diag(l)^-1 O
-        with np.errstate(divide="ignore"):
-            Li = np.where(ok, mi + np.log(np.where(ok, li, 1)), np.inf)  # Alg1 l.13: L = m + log l
+        dead = mi == -np.inf                                   # rows that saw no allowed key
+        o[..., r0:r1, :] = np.where(dead, 0, Oi / np.where(dead, 1, li))  # Alg1 l.12: diag(l)^-1 O
+        Li = np.where(dead, np.inf, mi + np.log(np.where(dead, 1, li)))  # Alg1 l.13: L = m + log l
         L[..., r0:r1] = Li[..., 0]
     return o.reshape(q.shape), L.reshape(B, Hq, Nq)
 
 
 def flash2_backward(q, k, v, bias, o, L, do, scale=None, is_causal=False, window=None,
-                    Br=64, Bc=192):
+                    Br=64, Bc=192, block_layout=None):
     """FlashAttention-2 backward (Algorithm 2): recompute P = exp(S - L) tile by tile.
 
     Args:
-        q, k, v, bias, scale, is_causal, window: as given to flash2_forward.
+        q, k, v, bias, scale, is_causal, window, block_layout: as given to flash2_forward (with
+            a layout, Br = Bc = its block size).
         Br, Bc: block sizes; they need not be the forward's (only o and L pass between the two),
             and, as in FA-2, the backward prefers taller K/V blocks.
         o: (B, Hq, Nq, d) and L: (B, Hq, Nq) returned by flash2_forward.
@@ -99,6 +131,8 @@ def flash2_backward(q, k, v, bias, o, L, do, scale=None, is_causal=False, window
     B, Hq, Hkv, Nq, Nk, d, scale = check_qkv(q, k, v, bias, scale, Br, Bc)
     check_forward_outputs(q, o, L, do)
     left, right = resolve_window(is_causal, window)
+    lay = check_layout(block_layout, Hq, Nq, Nk, Br, Bc)      # None or (Hl, Tr, Tc)
+    layg = None if lay is None else layout_heads(lay, Hkv)    # (1, Hkv|1, G|1, Tr, Tc)
     qg, og, dog = group_heads(q, Hkv), group_heads(o, Hkv), group_heads(do, Hkv)
     Lg = group_heads(L, Hkv)[..., None]                        # (B, Hkv, G, Nq, 1)
     kg, vg = k[:, :, None], v[:, :, None]                      # (B, Hkv, 1, Nk, d)
@@ -115,18 +149,24 @@ def flash2_backward(q, k, v, bias, o, L, do, scale=None, is_causal=False, window
         dVj = np.zeros(Vj.shape, dtype=q.dtype)                # (B, Hkv, 1, Bc, d)
         for i in range(Tr):                                    # Alg2 l.8: for 1 <= i <= Tr
             r0, r1 = i * Br, min((i + 1) * Br, Nq)
-            kind = tile_kind(r0, r1, c0, c1, Nq, Nk, left, right)
+            kind, heads = _tile(layg, i, j, r0, r1, c0, c1, Nq, Nk, left, right)
             if kind == "skip":
                 continue
             Qi, dOi = qg[..., r0:r1, :], dog[..., r0:r1, :]    # Alg2 l.9: load Q_i, dO_i, L_i, D_i
-            S = _score_tile(Qi, Kj, bg, r0, r1, c0, c1, kind,  # Alg2 l.10: S = Q_i K_j^T
-                            scale, Nq, Nk, left, right)        # (B, Hkv, G, Br, Bc)
+            S, ok = _score_tile(Qi, Kj, bg, r0, r1, c0, c1,    # Alg2 l.10: S = Q_i K_j^T
+                                kind, scale, Nq, Nk, left, right, heads)
             P = np.exp(S - Lg[..., r0:r1, :])                  # Alg2 l.11: P = exp(S - L_i)
-            dVj += (P.swapaxes(-1, -2) @ dOi).sum(axis=2, keepdims=True)  # Alg2 l.12: dV_j += P^T dO_i
             dP = dOi @ Vj.swapaxes(-1, -2)                     # Alg2 l.13: dP = dO_i V_j^T
             dS = P * (dP - D[..., r0:r1, :])                   # Alg2 l.14: dS = P * (dP - D_i)
-            dq[..., r0:r1, :] += scale * (dS @ Kj)             # Alg2 l.15: dQ_i += dS K_j
-            dKj += scale * (dS.swapaxes(-1, -2) @ Qi).sum(axis=2, keepdims=True)  # l.16: dK_j += dS^T Q_i
+            okT = None
+            if ok is not None:                                 # masked pairs: exactly 0, even
+                P, dS = np.where(ok, P, 0), np.where(ok, dS, 0)  # where L_i or D_i is NaN
+                okT = ok.swapaxes(-1, -2)
+            dVj += matmul_allowed(P.swapaxes(-1, -2), dOi,     # Alg2 l.12: dV_j += P^T dO_i
+                                  okT).sum(axis=2, keepdims=True)
+            dq[..., r0:r1, :] += scale * matmul_allowed(dS, Kj, ok)   # Alg2 l.15: dQ_i += dS K_j
+            dKj += scale * matmul_allowed(dS.swapaxes(-1, -2), Qi,   # Alg2 l.16: dK_j += dS^T Q_i
+                                          okT).sum(axis=2, keepdims=True)
         dk[:, :, c0:c1] = dKj[:, :, 0]                         # Alg2 l.18: write dK_j, dV_j
         dv[:, :, c0:c1] = dVj[:, :, 0]
     return dq.reshape(q.shape), dk, dv

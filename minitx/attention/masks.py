@@ -12,6 +12,17 @@ Conventions (shared by naive, flash1, flash2 and the Cython kernel):
     `is_causal=True` is the window (-1, 0); combined with a window it caps `right` at 0.
   - `bias` is additive, shape (Bb, Hb, Nq, Nk) with Bb in {1, B} and Hb in {1, Hq}; -inf masks.
   - A row with no allowed key (fully masked) produces zeros and logsumexp L = +inf.
+  - A block layout (block-sparse attention, sparse.py) is a bool matrix over (query block, key
+    block), blocks of `block_size` indices from 0 (top-left; the last block may be short), one
+    for all heads or one per query head. It is one more mask: a pair outside it is masked. The
+    tiled kernels use block_size as their tile (Br = Bc) and never read a tile outside it.
+  - NaN (issue 14): a pair (i, j) is *masked* if the causal/window rule forbids it or its bias is
+    -inf (a False in a bool mask becomes -inf); every other pair is *allowed*. NaN and inf in q,
+    k, v (and in the gradient dO) propagate exactly as the dense product over the allowed pairs
+    would propagate them (PyTorch's math path); masked pairs and skipped tiles never contribute,
+    NaN or not. So a NaN key poisons every row that may see it and no other row, in the forward
+    and the backward. `tile_allowed` gives a tile's mask and `matmul_allowed` is the product that
+    keeps masked pairs out (a plain A @ B would leak 0 * NaN = NaN).
 """
 import numpy as np
 
@@ -78,6 +89,83 @@ def tile_kind(r0, r1, c0, c1, Nq, Nk, left, right):
     if left >= 0 and c0 < r1 - 1 + off - left:
         return "partial"
     return "full"
+
+
+def layout_heads(lay, Hkv):
+    """A layout (Hl, Tr, Tc) grouped like the heads of grouped q: (1, Hkv or 1, G or 1, Tr, Tc)."""
+    Hl, Tr, Tc = lay.shape
+    if Hl == 1:
+        return lay[None, :, None]                              # (1, 1, 1, Tr, Tc)
+    return lay.reshape(1, Hkv, Hl // Hkv, Tr, Tc)
+
+
+def layout_tile(layg, i, j):
+    """Which heads have tile (i, j) live in a grouped layout (`layout_heads`).
+
+    Returns:
+        "skip" (no head: the tile is never read), None (every head) or a bool array
+        (1, Hkv, G, 1, 1) broadcastable to the grouped score tile.
+    """
+    live = layg[..., i, j]
+    if not live.any():
+        return "skip"
+    if live.all():
+        return None
+    return live[..., None, None]
+
+
+def layout_to_mask(lay, block_size, Nq, Nk):
+    """Dense mask of a block layout: (Hl, Tr, Tc) -> (Hl, Nq, Nk) bool (True = may attend)."""
+    dense = np.repeat(np.repeat(lay, block_size, axis=1), block_size, axis=2)
+    return dense[:, :Nq, :Nk]
+
+
+def tile_allowed(bg, r0, r1, c0, c1, kind, Nq, Nk, left, right, heads=None):
+    """The allowed pairs of one tile: window rule and bias != -inf, or None if all are allowed.
+
+    Args:
+        bg: None or a grouped bias (..., Nq, Nk) (checks.group_bias); r0, r1, c0, c1: the tile
+            rows [r0, r1) and columns [c0, c1); kind: tile_kind of the tile (not "skip");
+        Nq, Nk, left, right: as in `allowed`.
+    Returns:
+        None, or a bool array broadcastable to the tile (..., r1 - r0, c1 - c0).
+    """
+    ok = None
+    if kind == "partial":
+        ok = allowed(np.arange(r0, r1), np.arange(c0, c1), Nq, Nk, left, right)   # (Br, Bc)
+    if bg is not None:
+        live = bg[..., r0:r1, c0:c1] != -np.inf                # (.., Br, Bc)
+        if not live.all():
+            ok = live if ok is None else ok & live
+    if heads is not None:
+        ok = heads if ok is None else ok & heads
+    return ok
+
+
+def matmul_allowed(A, B, ok=None):
+    """sum over c of A[..., r, c] * B[..., c, :], taken over the allowed pairs (r, c) only.
+
+    `A @ B` would let a masked pair leak NaN (0 * NaN = NaN) or mix NaN from A's masked entries
+    in. Here masked entries of A are zeroed, the non-finite entries of B are split off, and those
+    are added back pair by pair where allowed: NaN and inf in B spread exactly from allowed pairs.
+    Args:
+        A: (..., R, C); B: (..., C, d); ok: None (every pair allowed) or bool broadcastable to A.
+    Returns:
+        (..., R, d), broadcast like A @ B.
+    """
+    if ok is None:
+        return A @ B
+    A = np.where(ok, A, 0)
+    fin = np.isfinite(B)
+    if fin.all():
+        return A @ B
+    out = A @ np.where(fin, B, 0)                              # (..., R, d) finite part
+    axes = tuple(range(B.ndim - 2)) + (B.ndim - 1,)
+    bad = np.flatnonzero(~fin.all(axis=axes))                  # columns c with a non-finite B_c
+    Bbad = np.where(fin, 0, B)[..., bad, :]                    # (..., nb, d)
+    term = A[..., bad, None] * Bbad[..., None, :, :]           # (..., R, nb, d)
+    okb = np.broadcast_to(ok, A.shape)[..., bad, None]         # (..., R, nb, 1)
+    return out + np.where(okb, term, 0).sum(axis=-2)
 
 
 def mask_to_bias(attn_mask, batch_shape, Hq, Nq, Nk, dtype):

@@ -17,6 +17,10 @@ def add_parser(sub):
     p.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
     p.add_argument("--top-k", type=int, default=40, help="0: no top-k")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--adapter", default=None,
+                   help="a LoRA adapter to apply: a PEFT adapter directory or a finetune run")
+    p.add_argument("--merge", action="store_true",
+                   help="with --adapter: fold the adapters into the weights (float base only)")
     return p
 
 
@@ -50,7 +54,12 @@ def print_sample(model, prompt, n, temperature, top_k, seed):
 
 def run(args):
     check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.seed)
+    if args.merge and not args.adapter:
+        raise ValueError("--merge needs --adapter")
     model = load_model(args.ckpt)
+    if args.adapter:
+        from minitx.lora import apply_adapter_dir
+        apply_adapter_dir(model, args.adapter, merge=args.merge)
     print_sample(model, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
                  args.seed)
     return 0

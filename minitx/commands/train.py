@@ -24,6 +24,11 @@ def add_parser(sub):
                    help="model size (default: default; on --resume, the checkpoint's)")
     p.add_argument("--attention", default=None, choices=ATTENTION,
                    help="attention implementation (default: naive)")
+    p.add_argument("--attention-pattern", default=None, metavar="SPEC",
+                   help="which pairs attend, per layer: dense (default), window:W, "
+                        "bigbird:block=B,window=w,global=g,random=r, strided:block=B,stride=l, "
+                        "fixed:..., longformer:..., linear, performer:features=m "
+                        "(minitx/attention/patterns.py; saved in the checkpoint)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--init-from", default=None, metavar="HFDIR",
                    help="initial weights (and model config) from a Hugging Face GPT-2 or Llama "
@@ -35,10 +40,32 @@ def add_parser(sub):
         p.add_argument("--" + name.replace("_", "-"), type=kind,
                        default=None if name == "min_lr" else default,
                        help=f"(default: {'lr / 10' if name == 'min_lr' else default})")
+    add_growth_flags(p)
     p.add_argument("--sample-tokens", type=int, default=200,
                    help="print a sample of this many bytes after training (0: none)")
     add_curriculum_flags(p)
     return p
+
+
+def add_growth_flags(p):
+    p.add_argument("--grow", metavar="SCHEDULE", help="grow the model while training (MSG), e.g. "
+                   "'300:n_layer=6,n_embd=192;600:n_layer=8': at STEP set SIZE (n_embd, ffn, "
+                   "n_head, n_layer); see minitx/growth/schedule.py")
+    p.add_argument("--ramp-steps", type=int, default=50, help="steps over which the masks of "
+                   "new structure rise from 0 to 1 (0: no masks; default: 50)")
+    p.add_argument("--grow-init", default="random", choices=("random", "copy", "zero"),
+                   help="new weights: random (GPT init), copy (Net2Net), zero (default: random)")
+
+
+def growth_extensions(args, model_config, tc):
+    """[GrowthSchedule] for --grow (validated before any training), else []."""
+    if not args.grow:
+        return []
+    from minitx.growth.schedule import GrowthSchedule, parse_schedule, validate_schedule
+    events = parse_schedule(args.grow)
+    if not args.resume:                      # on resume the checkpoint's config is checked
+        validate_schedule(events, model_config, tc.max_steps, args.ramp_steps)
+    return [GrowthSchedule(events, args.ramp_steps, args.grow_init)]
 
 
 def add_curriculum_flags(p):
@@ -102,11 +129,18 @@ def run(args):
                          "resume; leave out --config")
     tc = TrainConfig(**{k: getattr(args, k) for k in TRAIN_FLAGS})
     overrides = {"attention": args.attention} if args.attention else {}
+    if args.attention_pattern is not None:
+        if args.resume:
+            raise ValueError("--attention-pattern and --resume: the checkpoint's pattern is used "
+                             "on resume; leave out --attention-pattern")
+        overrides["attention_pattern"] = args.attention_pattern
     model_config = get_config(args.config or "default", **overrides)
     init = init_from_hf(args, overrides)
     if init is not None:
         model_config = init.config
-    extensions = curriculum_extensions(args, tc, model_config) + ([init] if init else [])
+    extensions = [init] if init else []          # first: the weights before anything else acts
+    extensions += curriculum_extensions(args, tc, model_config)
+    extensions += growth_extensions(args, model_config, tc)
     check_out_dir(args.out)
     check_memory(tc.batch_size, model_config.block_size, model_config.vocab_size)
     text = load_text(args.data) if args.data else default_corpus()

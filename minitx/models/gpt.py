@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 from minitx import random as _random
+from minitx.attention.patterns import Pattern, parse_layers
 from minitx.autograd import Function, Tensor, no_grad
 from minitx.nn import functional as F
 from minitx.nn.modules import Embedding, LayerNorm, Linear, Module, ModuleList, RMSNorm
@@ -42,6 +43,7 @@ class GPTConfig:
     rope_base: float = 10000.0     # RoPE's theta base
     norm_eps: float = None         # default 1e-5 (LayerNorm) or 1e-6 (RMSNorm)
     fused_qkv: bool = True         # GPT-2 flavour: one qkv Linear; False: q/k/v/o_proj (Llama names)
+    attention_pattern: str = "dense"   # which pairs attend, per layer (minitx.attention.patterns)
 
     def __post_init__(self):
         if self.head_dim is None and self.n_head > 0:
@@ -76,6 +78,10 @@ class GPTConfig:
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"invalid GPTConfig ({', '.join(bad)}): {self}")
+        layers = parse_layers(self.attention_pattern, self.n_layer)         # names a bad spec
+        if self.n_kv_head != self.n_head and any(n in ("linear", "performer") for n, _ in layers):
+            raise ValueError(f"attention pattern {self.attention_pattern!r} needs n_kv_head == "
+                             f"n_head (linear attention has no GQA here): {self}")
         sizes = (self.vocab_size * self.n_embd + self.n_layer * self.n_embd
                  * (self.head_dim * (2 * self.n_head + 2 * self.n_kv_head) + 3 * self.ffn_hidden))
         if sizes > MAX_PARAMS:
@@ -155,9 +161,11 @@ class CausalSelfAttention(Module):
     Hkv < H). GPT-2 flavour: one fused `qkv` Linear and `proj`; Llama flavour (fused_qkv=False):
     `q_proj`, `k_proj`, `v_proj`, `o_proj` as Hugging Face names them."""
 
-    def __init__(self, config):
+    def __init__(self, config, layer=0):
         super().__init__()
         self.config = config
+        self.pattern = Pattern(*parse_layers(config.attention_pattern, config.n_layer)[layer],
+                               config.head_dim, layer)
         C, H, Hkv, d, b = (config.n_embd, config.n_head, config.n_kv_head, config.head_dim,
                            config.bias)
         if config.fused_qkv:
@@ -199,8 +207,8 @@ class CausalSelfAttention(Module):
                 k = Tensor(np.concatenate([cache["k"], k.data], axis=2))       # (B, Hkv, S+T, d)
                 v = Tensor(np.concatenate([cache["v"], v.data], axis=2))
             cache["k"], cache["v"] = k.data, v.data
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, impl=cfg.attention,
-                                           enable_gqa=cfg.n_kv_head != cfg.n_head)  # (B, H, T, d)
+        y = self.pattern(q, k, v, impl=cfg.attention,
+                         enable_gqa=cfg.n_kv_head != cfg.n_head)                # (B, H, T, d)
         y = y.permute(0, 2, 1, 3).reshape(B, T, cfg.n_head * cfg.head_dim)    # (B, T, H*d)
         out = self.proj(y) if cfg.fused_qkv else self.o_proj(y)                # (B, T, C)
         return F.dropout(out, cfg.dropout, self.training)
@@ -247,9 +255,9 @@ def upgrade_state_dict(weights):
 
 
 class Block(Module):
-    def __init__(self, config):
+    def __init__(self, config, layer=0):
         super().__init__()
-        self.ln1, self.attn = _norm(config), CausalSelfAttention(config)
+        self.ln1, self.attn = _norm(config), CausalSelfAttention(config, layer)
         self.ln2, self.mlp = _norm(config), MLP(config)
 
     def forward(self, x, rope=None, cache=None):
@@ -287,7 +295,7 @@ class GPT(Module):
         self.wte = Embedding(config.vocab_size, config.n_embd)
         if config.pos == "learned":
             self.wpe = Embedding(config.block_size, config.n_embd)
-        self.blocks = ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.blocks = ModuleList([Block(config, i) for i in range(config.n_layer)])
         self.ln_f = _norm(config)
         if not config.tie_weights:
             self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)

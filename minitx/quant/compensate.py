@@ -2,37 +2,20 @@
 
 Two kinds of small unquantized layers, trained on the language-modelling loss while every
 quantized weight (and everything else) stays frozen:
-  - "adapter": a low-rank residual on each quantized layer (the LoRA / QLoRA form,
-    arXiv 2106.09685, 2305.14314): y = QuantLinear(x) + (x A^T) B^T, A (r, K), B (N, r), B = 0 at
-    the start so training begins exactly at the quantized model;
+  - "adapter": a LoRA adapter (`minitx.lora.LoRALinear`, arXiv 2106.09685; on a quantized base
+    this is QLoRA's form, arXiv 2305.14314) on each quantized layer, with alpha = r so the
+    scaling is 1: y = QuantLinear(x) + (x A^T) B^T, A (r, K), B (N, r), B = 0 at the start so
+    training begins exactly at the quantized model;
   - "head": one extra Linear on the final hidden state, h' = h + h W^T (W = 0 at the start),
     inserted before the output projection: a correction on the network's output.
 The figure of merit is the fraction of the quantization loss gap won back:
     recovered = (L_quant - L_compensated) / (L_quant - L_float).
 """
-import numpy as np
-
-from minitx import random as _random
-from minitx.nn.modules import Linear, Module, Parameter
-from minitx.quant.linear import QuantLinear, replace_module
+from minitx.lora import apply_lora, freeze
+from minitx.nn.modules import Linear, Module
+from minitx.quant.linear import QuantLinear
 
 KINDS = ("adapter", "head")
-
-
-class LowRankAdapter(Module):
-    """y = base(x) + (x A^T) B^T with a frozen quantized `base` and trainable A, B."""
-
-    def __init__(self, base, rank=4):
-        super().__init__()
-        self.base = base
-        self.in_features, self.out_features = base.in_features, base.out_features
-        bound = 1.0 / np.sqrt(base.in_features)
-        self.A = Parameter(_random.generator().uniform(-bound, bound, (rank, base.in_features))
-                           .astype(np.float32))                                   # (r, K)
-        self.B = Parameter(np.zeros((base.out_features, rank), np.float32))       # (N, r)
-
-    def forward(self, x):                                        # (..., K) -> (..., N)
-        return self.base(x) + (x @ self.A.transpose(0, 1)) @ self.B.transpose(0, 1)
 
 
 class ResidualHead(Module):
@@ -48,13 +31,6 @@ class ResidualHead(Module):
     def forward(self, x):
         h = self.norm(x)
         return h + self.fix(h)
-
-
-def freeze(model):
-    """Turn off gradients for every parameter of `model`."""
-    for p in model.parameters():
-        p.requires_grad = False
-    return model
 
 
 def add_compensation(model, kind="adapter", rank=4):
@@ -73,11 +49,9 @@ def add_compensation(model, kind="adapter", rank=4):
     freeze(model)
     new = []
     if kind == "adapter":
-        for name, m in list(model.named_modules()):
-            if isinstance(m, QuantLinear):
-                ad = LowRankAdapter(m, rank)
-                replace_module(model, name, ad)
-                new += [ad.A, ad.B]
+        names = [n for n, m in model.named_modules() if isinstance(m, QuantLinear)]
+        if names:
+            new = apply_lora(model, r=rank, alpha=rank, target_modules=names)
     else:
         head = ResidualHead(model.ln_f, model.config.n_embd)
         model.ln_f = head
