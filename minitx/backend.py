@@ -29,8 +29,11 @@ TWINS = {
     "linear_w4": "minitx.kernels.int8",
     "flash2_forward": "minitx.attention.flash2",
     "flash2_backward": "minitx.attention.flash2",
+    "ggml_matmul": "minitx.kernels.ggml",
+    "ggml_matmul_q8": "minitx.kernels.ggml",
 }
 
+ENV_ERROR = None       # a bad MINITX_BACKEND value (the CLI refuses to run with one)
 _C = None              # the imported minitx_c module, or None
 _C_ERROR = None        # why minitx_c is unavailable
 _active = "numpy"
@@ -38,12 +41,14 @@ _cache = {}
 
 
 def _init():
-    global _C, _C_ERROR, _active
+    global _C, _C_ERROR, _active, ENV_ERROR
     wanted = os.environ.get("MINITX_BACKEND", "").strip().lower()
     if os.environ.get("MINITX_PURE", "") not in ("", "0"):
         wanted = "numpy"
     if wanted not in ("", "c", "numpy"):
-        raise ValueError(f"MINITX_BACKEND must be 'c' or 'numpy', got {wanted!r}")
+        ENV_ERROR = f"MINITX_BACKEND must be 'c' or 'numpy', got {wanted!r}"
+        print(f"minitx: {ENV_ERROR}; ignoring it", file=sys.stderr)
+        wanted = ""
     # OpenMP threads that spin after a parallel region steal the cores from OpenBLAS's threads
     # (and vice versa): a 2-thread training step measured 1.6x slower than with passive
     # waiting. libgomp reads this when minitx_c first loads it; an explicit setting wins.

@@ -36,8 +36,10 @@ MODEL_FILE, STATE_FILE, CONFIG_FILE = "model.safetensors", "train_state.safetens
 LATEST = "latest"
 
 # format name -> "module:function" taking a resolved checkpoint directory, returning a model
+MASKED_FORMAT = "minitx-gpt-masked"   # a GPT mid-way through a growth ramp (minitx.growth)
 FORMATS = {
     FORMAT: "minitx.checkpoint:load_gpt",
+    MASKED_FORMAT: "minitx.checkpoint:refuse_masked",
     "minitx-gpt-quant": "minitx.quant.serialize:load_quantized_model",
     "minitx-lora": "minitx.lora_checkpoint:load_lora_checkpoint",
 }
@@ -106,7 +108,9 @@ def save_checkpoint(ckpt_dir, model, step, optimizer=None, train_state=None, tra
 
 def write_checkpoint_files(directory, model, step, optimizer=None, train_state=None,
                            train_config=None):
-    """The three files of one checkpoint, into an existing `directory`."""
+    """The three files of one checkpoint, into an existing `directory`. A model may name its
+    format in `checkpoint_format` (growth marks a model whose masks are still ramping)."""
+    fmt = getattr(model, "checkpoint_format", FORMAT)
     model_cfg = dataclasses.asdict(model.config)
     if optimizer is not None:
         sd = optimizer.state_dict()
@@ -116,8 +120,8 @@ def write_checkpoint_files(directory, model, step, optimizer=None, train_state=N
                 "optim_scalars": json.dumps(scalars), "train_state": json.dumps(train_state or {})}
         save_file(tensors, os.path.join(directory, STATE_FILE), metadata=meta)
     save_file(model.state_dict(), os.path.join(directory, MODEL_FILE),
-              metadata={"format": FORMAT, "step": str(step), "config": json.dumps(model_cfg)})
-    config = {"format": FORMAT, "step": step, "model": model_cfg, "train": train_config or {}}
+              metadata={"format": fmt, "step": str(step), "config": json.dumps(model_cfg)})
+    config = {"format": fmt, "step": step, "model": model_cfg, "train": train_config or {}}
     atomic_write(os.path.join(directory, CONFIG_FILE),
                  [json.dumps(config, indent=2).encode("utf-8") + b"\n"])
 
@@ -200,6 +204,12 @@ def load_gpt(ckpt_dir):
     return model.eval()
 
 
+def refuse_masked(ckpt_dir):
+    raise CheckpointError(f"{ckpt_dir} was saved mid-way through a growth ramp: its masks live in "
+                          "the training state. Resume training (`train --resume` with the same "
+                          "--grow) past the ramp to get a plain GPT")
+
+
 def _load_weights(directory, config):
     """Check the weights file against the config before building anything, then load it."""
     path = os.path.join(directory, MODEL_FILE)
@@ -238,7 +248,7 @@ def load_checkpoint(ckpt_dir):
     """
     directory = resolve(ckpt_dir)
     config = read_config(directory)
-    if config["format"] != FORMAT:
+    if config["format"] not in (FORMAT, MASKED_FORMAT):
         raise CheckpointError(f"{ckpt_dir}: cannot resume training from format "
                               f"{config['format']!r}")
     model, step = _load_weights(directory, config)

@@ -20,6 +20,8 @@ COMMANDS = {
     "quantize": "minitx.commands.quantize",
     "grade": "minitx.commands.grade",
     "finetune": "minitx.commands.finetune",
+    "chat": "minitx.commands.chat",
+    "export-gguf": "minitx.commands.export_gguf",
     "export-hf": "minitx.commands.export_hf",
 }
 
@@ -56,6 +58,10 @@ def build_parser(argv=None):
 
 
 def main(argv=None):
+    from minitx import backend
+    if backend.ENV_ERROR:
+        print(f"error: {backend.ENV_ERROR}", file=sys.stderr)
+        return 2
     argv = sys.argv[1:] if argv is None else list(argv)
     parser, modules = build_parser(argv)
     args = parser.parse_args(argv)

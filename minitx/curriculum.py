@@ -39,8 +39,11 @@ SCHEDULES = ("fixed_linear", "fixed_root", "fixed_discrete")
 def fixed_root(step, min_difficulty, max_difficulty, total_curriculum_step, difficulty_step,
                root_degree):
     """DeepSpeed's fixed_root difficulty at global step `step` (see the module docstring)."""
-    f = (float(step) / total_curriculum_step) ** (1.0 / root_degree)
-    d = math.floor(f * (max_difficulty - min_difficulty) + min_difficulty)
+    try:
+        f = (float(step) / total_curriculum_step) ** (1.0 / root_degree)
+        d = math.floor(f * (max_difficulty - min_difficulty) + min_difficulty)
+    except OverflowError:                    # far past S with a tiny root degree: the cap holds
+        return max_difficulty
     d -= d % difficulty_step
     return min(d, max_difficulty)
 
@@ -92,14 +95,21 @@ class CurriculumScheduler:
             self.min, self.max = _int(c, "min_difficulty"), _int(c, "max_difficulty")
             self.type = c["schedule_type"]
             s = c.get("schedule_config", {})
+            if not isinstance(s, dict):
+                raise ValueError(f"curriculum config schedule_config must be an object, got "
+                                 f"{s!r:.60}")
         except KeyError as e:
             raise ValueError(f"curriculum config lacks {e.args[0]!r}") from None
         if not 0 < self.min <= self.max:
             raise ValueError(f"need 0 < min_difficulty <= max_difficulty, got {self.min} and "
                              f"{self.max}")
         if self.type == "fixed_discrete":
-            self.difficulty = [_int({"d": d}, "d") for d in s.get("difficulty", [])]
-            self.max_step = [_int({"s": x}, "s") for x in s.get("max_step", [])]
+            lists = [s.get("difficulty", []), s.get("max_step", [])]
+            if not all(isinstance(x, list) for x in lists):
+                raise ValueError(f"fixed_discrete difficulty and max_step must be lists, got "
+                                 f"{lists[0]!r:.40} and {lists[1]!r:.40}")
+            self.difficulty = [_int({"difficulty": d}, "difficulty") for d in lists[0]]
+            self.max_step = [_int({"max_step": x}, "max_step") for x in lists[1]]
             if len(self.difficulty) != len(self.max_step) + 1 or not self.max_step:
                 raise ValueError("fixed_discrete needs len(difficulty) == len(max_step) + 1 >= 2, "
                                  f"got {s.get('difficulty')} and {s.get('max_step')}")
@@ -112,8 +122,11 @@ class CurriculumScheduler:
         elif self.type in ("fixed_linear", "fixed_root"):
             self.total = _int(s, "total_curriculum_step")
             self.step_size = _int(s, "difficulty_step")
-            self.root = float(s.get("root_degree", 1)) if self.type == "fixed_root" else 1.0
-            if self.total < 1 or self.step_size < 1 or not self.root > 0:
+            root = s.get("root_degree", 1) if self.type == "fixed_root" else 1.0
+            if isinstance(root, bool) or not isinstance(root, (int, float)):
+                raise ValueError(f"root_degree must be a number, got {root!r:.40}")
+            self.root = float(root)
+            if self.total < 1 or self.step_size < 1 or not 0 < self.root < 1e6:
                 raise ValueError("total_curriculum_step and difficulty_step must be >= 1 and "
                                  f"root_degree > 0, got {self.total}, {self.step_size}, "
                                  f"{self.root}")
@@ -142,8 +155,11 @@ class CurriculumScheduler:
 
 
 def _int(d, key):
+    if not isinstance(d, dict):
+        raise ValueError(f"curriculum config: expected an object holding {key!r}, got {d!r:.60}")
     v = d[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v):
+    if (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+            or v != int(v)):
         raise ValueError(f"curriculum config {key}={v!r} must be an integer")
     return int(v)
 

@@ -113,6 +113,9 @@ def default_corpus():
 
 
 # ============================== user files ===================================================
+MAX_DATA_BYTES = 2 << 30          # byte ids are int64 in memory: 8x the file
+
+
 def load_text(path, min_chars=2):
     """Read a UTF-8 text file for training, rejecting what cannot be trained on.
 
@@ -124,8 +127,14 @@ def load_text(path, min_chars=2):
         raise DataError(f"data file not found: {path}")
     if os.path.isdir(path):
         raise DataError(f"data path is a directory, expected a UTF-8 text file: {path}")
+    if not os.path.isfile(path):
+        raise DataError(f"data path is not a regular file (a device or a pipe?): {path}")
+    size = os.path.getsize(path)
+    if size > MAX_DATA_BYTES:
+        raise DataError(f"data file has {size:,} bytes, more than minitx reads "
+                        f"({MAX_DATA_BYTES:,}): {path}")
     with open(path, "rb") as f:
-        raw = f.read()
+        raw = f.read(MAX_DATA_BYTES + 1)
     if not raw:
         raise DataError(f"data file is empty: {path}")
     nul = raw.find(b"\x00")

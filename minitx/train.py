@@ -39,6 +39,8 @@ seeded by (seed, 1), so evaluating never moves the training stream. FLOPs per st
 """
 import dataclasses
 import math
+import numbers
+import os
 import time
 
 import numpy as np
@@ -72,10 +74,14 @@ class TrainConfig:
     max_tokens: int = 0           # > 0: stop after this many training tokens (token budget)
 
     def __post_init__(self):
-        if self.min_lr is None and isinstance(self.lr, (int, float)):
+        if self.min_lr is None and isinstance(self.lr, numbers.Real):
             self.min_lr = self.lr / 10
         validate_train_config(self)
-        self.betas = tuple(self.betas)
+        for f in dataclasses.fields(self):              # NumPy scalars -> Python (JSON) numbers
+            v = getattr(self, f.name)
+            if isinstance(v, np.generic):
+                setattr(self, f.name, v.item())
+        self.betas = tuple(float(b) for b in self.betas)
 
 
 def validate_train_config(tc):
@@ -93,7 +99,7 @@ def validate_train_config(tc):
     finite = {k: getattr(tc, k) for k in ("lr", "min_lr", "weight_decay", "grad_clip",
                                           "val_fraction")}
     for k, v in finite.items():
-        if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        if not isinstance(v, numbers.Real) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
             bad.append(f"{k}={v} (a finite number >= 0)")
     if not bad:
         if tc.lr <= 0:
@@ -103,7 +109,8 @@ def validate_train_config(tc):
         if not 0 < tc.val_fraction < 1:
             bad.append(f"val_fraction={tc.val_fraction} (in (0, 1))")
     betas = tuple(tc.betas) if isinstance(tc.betas, (tuple, list)) else ()
-    if len(betas) != 2 or not all(isinstance(b, float) and 0 <= b < 1 for b in betas):
+    if len(betas) != 2 or not all(isinstance(b, numbers.Real) and not isinstance(b, bool)
+                                  and 0 <= b < 1 for b in betas):
         bad.append(f"betas={tc.betas} (two numbers in [0, 1))")
     if bad:
         raise ValueError(f"invalid training settings: {', '.join(bad)}")
@@ -157,6 +164,35 @@ def make_optimizer(params, tc):
     return AdamW(groups, lr=tc.lr, betas=tc.betas)
 
 
+def check_adamw_state(optimizer):
+    """Every optimized parameter has AdamW moments of its own shape and dtype and a positive
+    integer step, and the hyper-parameters are finite and in range (a resume from zeroed or
+    mistyped moments would silently not be the saved run)."""
+    if not isinstance(optimizer, AdamW):
+        return
+    for g in optimizer.param_groups:
+        lr, eps, wd, betas = g.get("lr"), g.get("eps"), g.get("weight_decay"), g.get("betas")
+        ok = all(isinstance(x, (int, float)) and math.isfinite(x) and x >= 0
+                 for x in (lr, eps, wd))
+        ok = ok and isinstance(betas, tuple) and len(betas) == 2 and all(
+            isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)
+        if not ok:
+            raise CheckpointError(f"malformed optimizer hyper-parameters in the checkpoint: "
+                                  f"lr={lr!r} eps={eps!r} weight_decay={wd!r} betas={betas!r}")
+        for p in g["params"]:
+            st = optimizer.state.get(id(p), {})
+            step = st.get("step")
+            if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
+                raise CheckpointError(f"optimizer state of a {p.shape} parameter has step "
+                                      f"{step!r}, expected a positive integer")
+            for k in ("exp_avg", "exp_avg_sq"):
+                m = st.get(k)
+                if not isinstance(m, np.ndarray) or m.shape != p.shape or m.dtype != p.data.dtype:
+                    found = "missing" if m is None else f"{np.shape(m)} {getattr(m, 'dtype', m)}"
+                    raise CheckpointError(f"optimizer state {k} of a {p.shape} {p.data.dtype} "
+                                          f"parameter is {found}")
+
+
 def _fmt_time(seconds):
     m, s = divmod(int(seconds), 60)
     return f"{m}m{s:02d}s"
@@ -194,29 +230,57 @@ class Trainer:
         self._hook("on_init")                 # may install a schedule or sampler of its own
 
     # ------------------------------------------------------------ state
+    def sampler_kind(self):
+        """The sampler's class, and those it wraps: 'SeqLenSampler/HardExampleSampler'."""
+        kinds, s = [], self.sampler
+        while s is not None:
+            kinds.append(type(s).__name__)
+            s = getattr(s, "inner", None)
+        return "/".join(kinds)
+
     def state_dict(self):
         """The JSON-able training state saved beside the optimizer moments."""
-        return {"sampler": self.sampler.state_dict(), "global_rng": _random.get_state(),
+        return {"sampler": self.sampler.state_dict(), "sampler_kind": self.sampler_kind(),
+                "global_rng": _random.get_state(),
                 "data": self.data_fingerprint, "seed": self.tc.seed, "tokens": self.tokens,
                 "flops": self.flops,
                 "extensions": {e.name: e.state_dict() for e in self.extensions}}
 
     def load_state(self, step, optimizer_state, state):
-        """Continue from a checkpoint's step, optimizer state and training state."""
-        self.step = step
-        self.optimizer.load_state_dict(optimizer_state)
-        if "sampler" in state:
-            self.sampler.load_state_dict(state["sampler"])
-        elif "batch_rng" in state:                     # checkpoints of earlier minitx versions
-            self.sampler.load_state_dict({"rng": state["batch_rng"]})
-        _random.set_state(state["global_rng"])
-        self.tokens = int(state.get("tokens", step * self.tc.batch_size
-                                    * self.model.config.block_size))
-        self.flops = float(state.get("flops", 0.0))
+        """Continue from a checkpoint's step, optimizer state and training state. Anything that
+        does not fit (another sampler or curriculum than the one saved, missing or malformed
+        state) is a CheckpointError before any step runs: a resume is the saved run or nothing."""
         saved = state.get("extensions", {})
-        for e in self.extensions:
-            if e.name in saved:
-                e.load_state_dict(saved[e.name])
+        kind = state.get("sampler_kind")
+        if kind is not None and kind != self.sampler_kind():
+            raise CheckpointError(f"the checkpoint was trained with sampler {kind}, this run has "
+                                  f"{self.sampler_kind()}: resume with the same flags")
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"malformed extension state in the checkpoint: {saved!r:.80}")
+        missing = [k for k, v in saved.items() if v and k not in {e.name for e in self.extensions}]
+        if missing:
+            raise CheckpointError(f"the checkpoint was trained with {', '.join(missing)}, which "
+                                  "this run lacks: resume with the same flags")
+        try:
+            self.step = step
+            self.optimizer.load_state_dict(optimizer_state)
+            check_adamw_state(self.optimizer)
+            if "sampler" in state:
+                self.sampler.load_state_dict(state["sampler"])
+            else:                                      # checkpoints of earlier minitx versions
+                self.sampler.load_state_dict({"rng": state["batch_rng"]})
+            _random.set_state(state["global_rng"])
+            self.tokens = int(state.get("tokens", step * self.tc.batch_size
+                                        * self.model.config.block_size))
+            self.flops = float(state.get("flops", 0.0))
+            for e in self.extensions:
+                if e.name in saved:
+                    e.load_state_dict(saved[e.name])
+        except CheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError, AttributeError) as e:
+            raise CheckpointError(f"cannot resume from the saved training state: "
+                                  f"{type(e).__name__}: {e}") from None
 
     def save(self):
         if self.out_dir is None:
@@ -350,6 +414,25 @@ def prepare_data(text, tc, block_size):
     return train_ids, val_ids
 
 
+# settings that change what a step computes: a resume with other values is not the saved run
+RESUME_SETTINGS = ("batch_size", "lr", "min_lr", "warmup", "weight_decay", "betas", "grad_clip",
+                   "seed", "val_fraction")
+
+
+def check_same_settings(saved, tc, out_dir):
+    """Refuse a resume whose step-defining settings differ from the checkpoint's."""
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{out_dir}: malformed training settings in config.json")
+    diff = []
+    for k in RESUME_SETTINGS:
+        if k in saved:
+            now = list(tc.betas) if k == "betas" else getattr(tc, k)
+            if saved[k] != now:
+                diff.append(f"{k} {now!r} (checkpoint: {saved[k]!r})")
+    if diff:
+        raise CheckpointError(f"resume with the checkpoint's settings: {', '.join(diff)}")
+
+
 def train(model_config, tc, text, out_dir, resume=False, log=print, **extension_points):
     """Train a GPT on `text` and checkpoint it in `out_dir`.
 
@@ -364,11 +447,19 @@ def train(model_config, tc, text, out_dir, resume=False, log=print, **extension_
         dict with step, val_loss, unigram_loss, tokens, flops, tokens_per_s, seconds, model.
     """
     data_fp = fingerprint(text)
+    if os.path.basename(os.path.normpath(out_dir)).startswith("step-") and os.path.isfile(
+            os.path.join(out_dir, "config.json")):
+        raise CheckpointError(f"{out_dir} is one save of a run: give the run directory (its "
+                              "parent) as --out")
     if resume:
-        model, step, opt_state, state, _ = load_checkpoint(out_dir)
+        model, step, opt_state, state, config = load_checkpoint(out_dir)
         if state.get("data") != data_fp:
             raise CheckpointError(f"{out_dir} was trained on different data (fingerprint "
                                   f"{state.get('data')} vs {data_fp}); resume with the same --data")
+        check_same_settings(config.get("train", {}), tc, out_dir)
+        if step >= tc.max_steps:
+            log(f"{out_dir} is already at step {step} >= max_steps {tc.max_steps}: nothing to "
+                "train (give a larger --max-steps to continue)")
         model.train()
     else:
         _random.manual_seed(tc.seed)

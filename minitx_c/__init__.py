@@ -8,3 +8,4 @@ from minitx_c.fused import layer_norm_backward, layer_norm_forward, softmax_last
 from minitx_c.gemm import matmul
 from minitx_c.qgemm import linear_w4, linear_w8, matmul_int8
 from minitx_c.flash import flash2_backward, flash2_forward
+from minitx_c.ggml import ggml_matmul, ggml_matmul_q8

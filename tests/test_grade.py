@@ -152,3 +152,13 @@ def test_selection_and_usage_errors(tmp_path, capsys, monkeypatch):
     assert main(["grade"]) == 2
     err = capsys.readouterr().err
     assert "needs hypothesis" in err and "pip install -e '.[test]'" in err, err
+
+
+
+def test_a_wrong_dtype_fails_with_its_name():
+    """A float64 answer where the reference gives int8 codes (or float32) fails, naming both."""
+    ex = grade.EXERCISES["04.quantize_int8_per_channel"]
+    codes = np.zeros((2, 3), np.int8)
+    scale = np.ones(2, np.float32)
+    assert grade.compare(ex, (codes.astype(np.float64), scale), (codes, scale)) == \
+        "output 'codes' is float64, expected int8"

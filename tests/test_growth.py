@@ -273,6 +273,18 @@ def test_resume_across_growth_is_bit_exact(tmp_path, crash):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+def test_a_mid_ramp_checkpoint_says_it_holds_masks(tmp_path):
+    from minitx.checkpoint import CheckpointError, load_model, read_config
+    with pytest.raises(_Crash):
+        _run(tmp_path / "cut", crash=13)             # the save at step 12 is mid-ramp
+    assert read_config(str(tmp_path / "cut"))["format"] == "minitx-gpt-masked"
+    with pytest.raises(CheckpointError, match="mid-way through a growth ramp"):
+        load_model(str(tmp_path / "cut"))
+    resumed = _run(tmp_path / "cut", resume=True)    # past the ramp: a plain GPT again
+    assert read_config(str(tmp_path / "cut"))["format"] == "minitx-gpt"
+    assert not has_masks(load_model(str(tmp_path / "cut"))) and resumed["step"] > 13
+
+
 @pytest.mark.parametrize("text, match", [
     ("", "empty schedule"), ("300", "STEP:SIZE=VALUE"), ("x:n_layer=3", "must be an integer"),
     ("5:depth=3", "SIZE one of"), ("5:n_layer=3,n_layer=4", "given twice"),

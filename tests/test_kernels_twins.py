@@ -144,6 +144,9 @@ def kernels():
     minitx_c.layer_norm_forward(np.ones((512, 512), np.float32), None, None, 1e-5)
     minitx_c.linear_w8(np.ones((2, 512), np.float32), np.ones((512, 512), np.int8),
                        np.ones(512, np.float32))
+    qkv = np.ones((4, 4, 256, 32), np.float32)
+    o, L = minitx_c.flash2_forward(qkv, qkv, qkv)
+    minitx_c.flash2_backward(qkv, qkv, qkv, None, o, L, qkv)
 
 def in_worker(n):
     minitx_c.set_num_threads(n)            # in the main thread

@@ -364,3 +364,113 @@ def test_fuzzed_checkpoint_files_load_or_raise_checkpoint_errors_only(tmp_path, 
     from fuzzing import fuzz_loader
     load, valid = _checkpoint_fuzz_target(tmp_path, which)
     fuzz_loader(load, valid, CheckpointError)
+
+
+# ---------------------------------------------------------------- resume refuses what does not fit
+def _edit_train_state(out, edit):
+    """Rewrite the latest step's train_state.safetensors through `edit(tensors, meta)`."""
+    path = os.path.join(checkpoint.resolve(out), "train_state.safetensors")
+    tensors = checkpoint.load_file(path)
+    _, meta, _ = checkpoint.read_header(path)
+    edit(tensors, meta)
+    checkpoint.save_file(tensors, path, metadata=meta)
+
+
+def _drop_moment(t, m):
+    del t["optim.0.exp_avg"]
+
+
+def _zero_steps(t, m):
+    m["optim_scalars"] = "{}"
+
+
+def _f64_moment(t, m):
+    t["optim.0.exp_avg"] = t["optim.0.exp_avg"].astype(np.float64)
+
+
+def _no_rng(t, m):
+    state = json.loads(m["train_state"])
+    del state["global_rng"]
+    m["train_state"] = json.dumps(state)
+
+
+def _bad_betas(t, m):
+    groups = json.loads(m["optim_groups"])
+    groups[0]["betas"] = [0.9]
+    m["optim_groups"] = json.dumps(groups)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_drop_moment, "exp_avg .* is missing"), (_zero_steps, "step None"),
+    (_f64_moment, "float64"), (_no_rng, "global_rng"), (_bad_betas, "betas"),
+])
+def test_a_malformed_training_state_is_a_checkpoint_error_before_any_step(tmp_path, edit, message):
+    out = str(tmp_path / "run")
+    train(MODEL, _tc(max_steps=4), TEXT, out, log=_quiet)
+    _edit_train_state(out, edit)
+    with pytest.raises(CheckpointError, match=message):
+        train(MODEL, _tc(), TEXT, out, resume=True, log=_quiet)
+
+
+def test_resume_with_other_settings_or_without_the_saved_extensions_is_refused(tmp_path):
+    from minitx.hard_examples import HardExamples
+    out = str(tmp_path / "run")
+    train(MODEL, _tc(max_steps=4), TEXT, out, log=_quiet, extensions=[CountingExtension()])
+    with pytest.raises(CheckpointError, match="trained with counter"):
+        train(MODEL, _tc(), TEXT, out, resume=True, log=_quiet)
+    with pytest.raises(CheckpointError, match=r"lr 0\.05 \(checkpoint: 0\.002\)"):
+        train(MODEL, _tc(lr=0.05), TEXT, out, resume=True, log=_quiet,
+              extensions=[CountingExtension()])
+    with pytest.raises(CheckpointError, match="sampler UniformSampler, this run has "
+                                              "HardExampleSampler"):
+        train(MODEL, _tc(), TEXT, out, resume=True, log=_quiet,
+              extensions=[HardExamples("hard"), CountingExtension()])
+
+
+# ---------------------------------------------------------------- from the adversarial review
+def test_quantize_refuses_to_write_into_a_run_directory(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    train(MODEL, _tc(max_steps=2, ckpt_interval=2, eval_interval=2), TEXT, out, log=_quiet)
+    step_dir = checkpoint.resolve(out)
+    for target, message in ((step_dir, "inside it"), (out, "is --ckpt"),
+                            (str(tmp_path / "run"), "is --ckpt")):
+        assert main(["quantize", "--ckpt", out, "--out", target, "--scheme", "int8"]) == 2
+        assert message in capsys.readouterr().err
+    other = str(tmp_path / "other")
+    train(MODEL, _tc(max_steps=2, ckpt_interval=2, eval_interval=2), TEXT, other, log=_quiet)
+    assert main(["quantize", "--ckpt", out, "--out", other, "--scheme", "int8"]) == 2
+    assert "already holds a checkpoint" in capsys.readouterr().err
+    assert checkpoint.read_config(out)["format"] == "minitx-gpt"          # nothing overwritten
+
+
+def test_data_paths_that_are_not_regular_files_are_refused_before_reading(tmp_path):
+    from minitx.data import DataError, load_text
+    fifo = str(tmp_path / "pipe")
+    os.mkfifo(fifo)                                   # reading it would block forever
+    with pytest.raises(DataError, match="not a regular file"):
+        load_text(fifo)
+
+
+def test_a_bad_backend_variable_is_one_error_line(tmp_path):
+    import subprocess
+    import sys
+    env = dict(os.environ, MINITX_BACKEND="bogus",
+               PYTHONPATH=os.path.dirname(os.path.dirname(minitx.__file__)))
+    r = subprocess.run([sys.executable, "-m", "minitx", "generate", "--ckpt", "nowhere"],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: MINITX_BACKEND must be")
+
+
+def test_a_run_directory_is_not_a_step_directory(tmp_path):
+    out = str(tmp_path / "run")
+    train(MODEL, _tc(max_steps=2, ckpt_interval=2, eval_interval=2), TEXT, out, log=_quiet)
+    with pytest.raises(CheckpointError, match="one save of a run"):
+        train(MODEL, _tc(), TEXT, checkpoint.resolve(out), resume=True, log=_quiet)
+
+
+def test_cross_entropy_checks_the_target_shape_of_nd_logits():
+    from minitx.nn import functional as F
+    logits = minitx.tensor(np.zeros((2, 5, 3), np.float32))
+    with pytest.raises(ValueError, match=r"expected \(2, 3\)"):
+        F.cross_entropy(logits, np.zeros((3, 2), np.int64), reduction="none")

@@ -12,6 +12,9 @@ from minitx.tokenizer import ByteTokenizer
 def add_parser(sub):
     p = sub.add_parser("generate", help="sample text from a checkpoint")
     p.add_argument("--ckpt", default="out", help="checkpoint directory (default: out)")
+    p.add_argument("--gguf", help="sample from a llama-architecture .gguf file instead of --ckpt")
+    p.add_argument("--top-p", type=float, default=0.95, help="--gguf only: nucleus cut")
+    p.add_argument("--kernel", default="float", choices=["float", "q8"], help="--gguf only")
     p.add_argument("--prompt", default="\n", help="text to continue")
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
@@ -54,6 +57,9 @@ def print_sample(model, prompt, n, temperature, top_k, seed):
 
 def run(args):
     check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.seed)
+    if args.gguf:
+        from minitx.commands.chat import generate_gguf
+        return generate_gguf(args)
     if args.merge and not args.adapter:
         raise ValueError("--merge needs --adapter")
     model = load_model(args.ckpt)

@@ -17,6 +17,7 @@ PACING = ("fixed_linear", "fixed_root", "fixed_discrete", "two_stage")
 
 def add_parser(sub):
     p = sub.add_parser("train", help="train a GPT (default: the embedded corpus)")
+    p.set_defaults(_parser=p)
     p.add_argument("--out", default="out", help="checkpoint directory (default: out)")
     p.add_argument("--data", help="a UTF-8 text file to train on (default: the embedded corpus "
                                   "of Python standard-library docstrings and comments)")
@@ -96,6 +97,30 @@ def add_curriculum_flags(p):
     g.add_argument("--mix-steps", type=int, default=100, help="scored: steps from uniform to hard")
 
 
+def check_inactive_flags(args):
+    """A flag of a feature that is not switched on is an error, not silently ignored."""
+    defaults = {a.dest: a.default for a in args._parser._actions} if hasattr(args, "_parser") \
+        else {}
+    needs = {"curriculum": ("seqlen", ("pacing", "min_len", "curriculum_steps",
+                                       "difficulty_step", "root_degree", "discrete",
+                                       "curriculum_config", "seqlen_mode")),
+             "sampler": (("hard", "scored"), ("hard_temperature", "hard_floor")),
+             }
+    given = [k for k, v in defaults.items() if getattr(args, k, v) != v]
+    bad = []
+    for switch, (on, flags) in needs.items():
+        if getattr(args, switch) not in (on if isinstance(on, tuple) else (on,)):
+            bad += [f for f in flags if f in given]
+    if args.sampler != "scored":
+        bad += [f for f in ("scorer", "mix_steps") if f in given]
+    if args.sampler != "hard" and "importance" in given:
+        bad.append("importance")
+    if bad:
+        flags = ", ".join("--" + f.replace("_", "-") for f in bad)
+        raise ValueError(f"{flags} given, but the feature it sets is off (--curriculum "
+                         f"{args.curriculum}, --sampler {args.sampler})")
+
+
 def check_out_dir(path):
     """Fail before training if checkpoints could not be written to `path`."""
     if os.path.exists(path) and not os.path.isdir(path):
@@ -103,6 +128,8 @@ def check_out_dir(path):
     parent = os.path.dirname(os.path.abspath(path))
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"--out {path}: {parent} is not a directory")
     target = path if os.path.isdir(path) else parent
     if not os.access(target, os.W_OK | os.X_OK):
         raise ValueError(f"--out {path}: {target} is not writable")
@@ -134,7 +161,13 @@ def run(args):
             raise ValueError("--attention-pattern and --resume: the checkpoint's pattern is used "
                              "on resume; leave out --attention-pattern")
         overrides["attention_pattern"] = args.attention_pattern
-    model_config = get_config(args.config or "default", **overrides)
+    if args.resume:                  # the checkpoint's model config (block size, ...) wins
+        from minitx.checkpoint import model_config as saved_model_config
+        from minitx.checkpoint import read_config
+        model_config = saved_model_config(read_config(args.out), args.out)
+    else:
+        model_config = get_config(args.config or "default", **overrides)
+    check_inactive_flags(args)
     init = init_from_hf(args, overrides)
     if init is not None:
         model_config = init.config

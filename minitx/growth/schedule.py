@@ -132,6 +132,7 @@ class GrowthSchedule:
     def _show(self, trainer):
         trainer.progress["size"] = size_label(trainer.model.config)
         masks = trainer.model.__dict__.get("growth_masks")
+        trainer.model.checkpoint_format = "minitx-gpt" if masks is None else "minitx-gpt-masked"
         if masks is not None:
             trainer.progress["mask"] = f"{masks.values.values[1:].min():.2f}"
         else:

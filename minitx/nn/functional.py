@@ -194,6 +194,10 @@ def cross_entropy(input, target, ignore_index=-100, reduction="mean"):
         out = cross_entropy(input.reshape(1, -1), t.reshape(1), ignore_index, reduction)
         return out.reshape(()) if reduction == "none" else out
     if input.ndim > 2:                                      # classes on dim 1 -> last
+        want = (input.shape[0],) + tuple(input.shape[2:])
+        if t.shape != want:
+            raise ValueError(f"cross_entropy target shape {t.shape} does not match input "
+                             f"{input.shape}: expected {want}")
         perm = (0,) + tuple(range(2, input.ndim)) + (1,)
         rest = t.shape
         input, t = input.permute(perm).reshape(-1, input.shape[1]), t.reshape(-1)

@@ -74,8 +74,13 @@ def quantize_checkpoint(args):
     from minitx.quant.linear import quantize_model, weight_bytes
     from minitx.quant.serialize import load_float_model, save_quantized_model
 
-    if os.path.abspath(args.ckpt) == os.path.abspath(args.out):
-        raise ValueError(f"--out must differ from --ckpt (both {args.ckpt!r})")
+    src_dir, out_dir = os.path.realpath(args.ckpt), os.path.realpath(args.out)
+    if out_dir == src_dir or out_dir.startswith(src_dir + os.sep):
+        raise ValueError(f"--out {args.out!r} is --ckpt {args.ckpt!r} or inside it: the float "
+                         "checkpoint would be overwritten")
+    if os.path.exists(os.path.join(args.out, "latest")) or os.path.exists(
+            os.path.join(args.out, "config.json")):
+        raise ValueError(f"--out {args.out!r} already holds a checkpoint: choose a new directory")
     opts = _options(args)                                   # every flag checked before any work
     model = load_float_model(args.ckpt)
     before = weight_bytes(model)
