@@ -188,6 +188,7 @@ def main():
     p.add_argument("--quick", action="store_true")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--only", choices=("stability", "efficiency", "hard"), default=None)
+    p.add_argument("--lrs", type=float, nargs="+", default=None, help="stability: learning rates")
     args = p.parse_args()
     text = default_corpus()[: (300_000 if args.quick else 2_000_000)]
     cfg = GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=64)
@@ -198,7 +199,7 @@ def main():
     print(f"# curriculum experiments: {cfg}, {len(text):,} chars, seeds {seeds}, {steps} steps, "
           f"backend {minitx.backend.active()}")
     if args.only in (None, "stability"):
-        lrs = (3e-3, 3e-2) if args.quick else (3e-3, 1e-2, 3e-2)
+        lrs = args.lrs or ((3e-3, 3e-2) if args.quick else (3e-3, 1e-2, 3e-2))
         print("\n## Stability (batch 32)\n")
         print(table(stability(data, cfg, seeds, steps, 32, lrs)))
     if args.only in (None, "efficiency"):

@@ -22,6 +22,7 @@ COMMANDS = {
     "finetune": "minitx.commands.finetune",
     "chat": "minitx.commands.chat",
     "export-gguf": "minitx.commands.export_gguf",
+    "export-hf": "minitx.commands.export_hf",
 }
 
 USER_ERRORS = (DataError, CheckpointError, SafetensorsError, TrainingError, ValueError,

@@ -254,3 +254,65 @@ def _(g):
     B, T = g.int(1, 4), g.int(1, 20)
     x = (g.array((B, T + 1)) * 100).astype(np.int64) % 256
     return {"x": x[:, :-1], "y": x[:, 1:], "L": g.int(1, T)}
+
+
+# ---- 06: growth ----------------------------------------------------------------------------------
+
+def _ref_masked_layer_norm(x, weight, bias, mask, eps):
+    from minitx.autograd import Tensor
+    from minitx.growth.masks import _MaskedNorm
+    return _MaskedNorm.apply(Tensor(x), Tensor(weight), Tensor(bias), mask, eps, True).data
+
+
+@exercise("06.masked_layer_norm", "ex06_growth.py", _ref_masked_layer_norm, ("y",))
+def _(g):
+    C = g.int(2, 12)
+    mask = np.where(np.arange(C) < g.int(1, C), 1.0, g.choice([0.0, 0.5]))
+    return {"x": g.array((g.int(1, 3), C)), "weight": g.array((C,)), "bias": g.array((C,)),
+            "mask": mask, "eps": 1e-5}
+
+
+# ---- 07: LoRA ------------------------------------------------------------------------------------
+
+def _ref_lora_forward(x, W, A, B, alpha):
+    from minitx.autograd import Tensor
+    from minitx.lora import LoRALinear
+    from minitx.nn.modules import Linear
+    base = Linear(W.shape[1], W.shape[0], bias=False)
+    base.weight.data = W.copy()
+    layer = LoRALinear(base, r=A.shape[0], alpha=alpha)
+    layer.lora_A.data, layer.lora_B.data = A.copy(), B.copy()
+    return layer(Tensor(x)).data
+
+
+@exercise("07.lora_forward", "ex07_lora.py", _ref_lora_forward, ("y",))
+def _(g):
+    n, k, m, r = g.int(1, 5), g.int(1, 8), g.int(1, 8), g.int(1, 4)
+    return {"x": g.array((n, k)), "W": g.array((m, k)), "A": g.array((r, k)),
+            "B": g.array((m, r)), "alpha": g.choice([1.0, 8.0, 16.0])}
+
+
+# ---- 08: a ggml block format ---------------------------------------------------------------------
+
+def _ref_dequantize_q4_1(raw):
+    from minitx.quant.ggml import dequantize_q4_1
+    return dequantize_q4_1(raw)
+
+
+@exercise("08.dequantize_q4_1", "ex08_llama.py", _ref_dequantize_q4_1, ("w",))
+def _(g):
+    from minitx.quant.ggml import quantize_q4_1
+    rows, blocks = g.int(1, 3), g.int(1, 3)
+    return {"raw": quantize_q4_1(g.array((rows, 32 * blocks)).astype(np.float32))}
+
+
+# ---- 09: a block-sparse layout -------------------------------------------------------------------
+
+def _ref_sliding_window(n, w, causal):
+    from minitx.attention.sparse import sliding_window
+    return sliding_window(n, w, causal)
+
+
+@exercise("09.sliding_window", "ex09_long_context.py", _ref_sliding_window, ("layout",))
+def _(g):
+    return {"n": g.int(1, 12), "w": g.int(0, 4), "causal": g.flag()}

@@ -447,8 +447,8 @@ def train(model_config, tc, text, out_dir, resume=False, log=print, **extension_
         dict with step, val_loss, unigram_loss, tokens, flops, tokens_per_s, seconds, model.
     """
     data_fp = fingerprint(text)
-    if os.path.basename(os.path.normpath(out_dir)).startswith("step-") and os.path.isfile(
-            os.path.join(out_dir, "config.json")):
+    if out_dir is not None and os.path.basename(os.path.normpath(out_dir)).startswith(
+            "step-") and os.path.isfile(os.path.join(out_dir, "config.json")):
         raise CheckpointError(f"{out_dir} is one save of a run: give the run directory (its "
                               "parent) as --out")
     if resume:

@@ -248,3 +248,13 @@ def test_bad_curriculum_flags_are_one_error_line(argv, message, tmp_path, monkey
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error:"), err
     assert message in err[0], err[0]
+
+
+def test_seqlen_warmup_with_rotary_positions(tmp_path):
+    """The llama flavour (RoPE, no position table) trains on short sequences too."""
+    from minitx.models.gpt import get_config
+    cfg = get_config("llama", n_layer=1, n_head=2, n_embd=16, block_size=16)
+    lines = []
+    r = train(cfg, _tc(max_steps=4, log_interval=1), TEXT, str(tmp_path / "r"), log=lines.append,
+              extensions=[SeqLenWarmup(_linear(4, 16, 6, 4))])
+    assert "len 4" in lines[1] and r["tokens"] < 4 * 2 * 16 and np.isfinite(r["val_loss"])

@@ -34,6 +34,9 @@ def add_parser(sub):
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--profile", action="store_true",
                    help="print minitx.profiler's per-op table (forward/backward time) at the end")
+    p.add_argument("--init-from", default=None, metavar="HFDIR",
+                   help="initial weights (and model config) from a Hugging Face GPT-2 or Llama "
+                        "directory instead of random ones")
     d = TrainConfig()
     for name in TRAIN_FLAGS:
         default = getattr(d, name)
@@ -168,12 +171,17 @@ def run(args):
     else:
         model_config = get_config(args.config or "default", **overrides)
     check_inactive_flags(args)
-    extensions = curriculum_extensions(args, tc, model_config)
+    init = init_from_hf(args, overrides)
+    if init is not None:
+        model_config = init.config
+    extensions = [init] if init else []          # first: the weights before anything else acts
+    extensions += curriculum_extensions(args, tc, model_config)
     extensions += growth_extensions(args, model_config, tc)
     check_out_dir(args.out)
     check_memory(tc.batch_size, model_config.block_size, model_config.vocab_size)
     text = load_text(args.data) if args.data else default_corpus()
-    print(f"minitx: training config '{args.config or 'default'}' on "
+    name = args.config or (f"from {args.init_from}" if args.init_from else "default")
+    print(f"minitx: training config '{name}' on "
           f"{args.data if args.data else 'the embedded corpus'} "
           f"({len(text.encode('utf-8')):,} bytes), backend {backend.active()}, out {args.out}")
     with (profiler.profile() if args.profile else contextlib.nullcontext()) as prof:
@@ -190,6 +198,22 @@ def run(args):
         from minitx.commands.generate import print_sample
         print_sample(result["model"], "The ", args.sample_tokens, 0.8, 40, args.seed)
     return 0
+
+
+def init_from_hf(args, overrides):
+    """The InitFromHF extension for --init-from (its weights read and checked now), or None."""
+    if args.init_from is None:
+        return None
+    if args.resume or args.config is not None:
+        raise ValueError("--init-from takes the model config from the Hugging Face directory; "
+                         "leave out --config and --resume")
+    from minitx.hf import InitFromHF
+    init = InitFromHF(args.init_from)
+    init.config = dataclasses.replace(init.config, **overrides)
+    if init.config.vocab_size < 256:
+        raise ValueError(f"--init-from {args.init_from}: vocab_size {init.config.vocab_size} is "
+                         "smaller than the byte tokenizer's 256 ids")
+    return init
 
 
 def curriculum_config(args, block_size):

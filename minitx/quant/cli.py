@@ -74,6 +74,7 @@ def quantize_checkpoint(args):
     from minitx.quant.linear import quantize_model, weight_bytes
     from minitx.quant.serialize import load_float_model, save_quantized_model
 
+    opts = _options(args)                                   # every flag checked before any work
     src_dir, out_dir = os.path.realpath(args.ckpt), os.path.realpath(args.out)
     if out_dir == src_dir or out_dir.startswith(src_dir + os.sep):
         raise ValueError(f"--out {args.out!r} is --ckpt {args.ckpt!r} or inside it: the float "
@@ -81,7 +82,6 @@ def quantize_checkpoint(args):
     if os.path.exists(os.path.join(args.out, "latest")) or os.path.exists(
             os.path.join(args.out, "config.json")):
         raise ValueError(f"--out {args.out!r} already holds a checkpoint: choose a new directory")
-    opts = _options(args)                                   # every flag checked before any work
     model = load_float_model(args.ckpt)
     before = weight_bytes(model)
     kwargs = {k: v for k, v in opts.items() if k != "scheme"}
