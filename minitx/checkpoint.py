@@ -80,6 +80,14 @@ def save_checkpoint(ckpt_dir, model, step, optimizer=None, train_state=None, tra
     if bad:
         raise CheckpointError(f"refusing to save non-finite weights ({', '.join(bad[:3])}) at "
                               f"step {step}; the previous checkpoint in {ckpt_dir} is kept")
+    return commit_step(ckpt_dir, step, lambda d: write_checkpoint_files(
+        d, model, step, optimizer, train_state, train_config), keep)
+
+
+def commit_step(ckpt_dir, step, write, keep=3):
+    """The atomic step every format's save shares: `write(tmp)` fills a temporary directory,
+    which is fsynced and renamed to `ckpt_dir/step-N`; only then is `latest` replaced, and saves
+    older than the last `keep` are removed. Returns the new step directory."""
     if os.path.exists(ckpt_dir) and not os.path.isdir(ckpt_dir):
         raise CheckpointError(f"checkpoint path {ckpt_dir} exists and is not a directory")
     os.makedirs(ckpt_dir, exist_ok=True)
@@ -88,7 +96,7 @@ def save_checkpoint(ckpt_dir, model, step, optimizer=None, train_state=None, tra
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     try:
-        write_checkpoint_files(tmp, model, step, optimizer, train_state, train_config)
+        write(tmp)
         final = os.path.join(ckpt_dir, name)
         if os.path.exists(final):                   # re-saving a step: move the old one aside
             old = final + f".old-{os.getpid()}"
@@ -106,6 +114,18 @@ def save_checkpoint(ckpt_dir, model, step, optimizer=None, train_state=None, tra
     return final
 
 
+def write_train_state(directory, step, optimizer, train_state):
+    """train_state.safetensors: the optimizer's arrays as tensors; its scalars and hyper-
+    parameters, the step and the JSON-able training state in the metadata."""
+    sd = optimizer.state_dict()
+    tensors = {f"optim.{k}": np.asarray(v) for k, v in sd["state"].items()
+               if isinstance(v, np.ndarray)}
+    scalars = {k: v for k, v in sd["state"].items() if not isinstance(v, np.ndarray)}
+    meta = {"step": str(step), "optim_groups": json.dumps(sd["groups"]),
+            "optim_scalars": json.dumps(scalars), "train_state": json.dumps(train_state or {})}
+    save_file(tensors, os.path.join(directory, STATE_FILE), metadata=meta)
+
+
 def write_checkpoint_files(directory, model, step, optimizer=None, train_state=None,
                            train_config=None):
     """The three files of one checkpoint, into an existing `directory`. A model may name its
@@ -113,12 +133,7 @@ def write_checkpoint_files(directory, model, step, optimizer=None, train_state=N
     fmt = getattr(model, "checkpoint_format", FORMAT)
     model_cfg = dataclasses.asdict(model.config)
     if optimizer is not None:
-        sd = optimizer.state_dict()
-        tensors = {f"optim.{k}": v for k, v in sd["state"].items() if isinstance(v, np.ndarray)}
-        scalars = {k: v for k, v in sd["state"].items() if not isinstance(v, np.ndarray)}
-        meta = {"step": str(step), "optim_groups": json.dumps(sd["groups"]),
-                "optim_scalars": json.dumps(scalars), "train_state": json.dumps(train_state or {})}
-        save_file(tensors, os.path.join(directory, STATE_FILE), metadata=meta)
+        write_train_state(directory, step, optimizer, train_state)
     save_file(model.state_dict(), os.path.join(directory, MODEL_FILE),
               metadata={"format": fmt, "step": str(step), "config": json.dumps(model_cfg)})
     config = {"format": fmt, "step": step, "model": model_cfg, "train": train_config or {}}

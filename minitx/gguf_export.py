@@ -17,25 +17,12 @@ whose rows are not a multiple of 32 values, and all norms, stay F32 (as llama.cp
 """
 import numpy as np
 
+from minitx.bpe import bytes_to_unicode
 from minitx.gguf_model import permute_qk
 from minitx.gguf_write import write_gguf
 from minitx.quant.ggml import quantize_rows
 
 FILE_TYPES = {"f32": ("F32", 0), "q8_0": ("Q8_0", 7), "q4_0": ("Q4_0", 2), "q4_1": ("Q4_1", 3)}
-
-
-def _bytes_to_unicode():
-    """GPT-2's reversible map from the 256 byte values to printable unicode characters."""
-    keep = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-            + list(range(ord("®"), ord("ÿ") + 1)))
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            chars[b] = chr(b)
-        else:
-            chars[b] = chr(256 + extra)
-            extra += 1
-    return chars
 
 
 def _check_llama(cfg):
@@ -107,7 +94,7 @@ _TYPES = {"llama.rope.freq_base": "FLOAT32",
 
 
 def _metadata(cfg, file_type, qname):
-    chars = _bytes_to_unicode()
+    chars = bytes_to_unicode()
     meta = {
         "general.architecture": "llama",
         "general.name": "minitx GPT",

@@ -27,6 +27,7 @@ import warnings
 import numpy as np
 
 from minitx.attention import IMPLS as ATTENTION
+from minitx.bpe import bytes_to_unicode
 from minitx.fileio import atomic_write, fsync_dir
 from minitx.models.gpt import GPT, GPTConfig
 from minitx.safetensors import SafetensorsError, check_finite, load_file, read_header, save_file
@@ -340,28 +341,12 @@ def from_hf(hf_dir):
 
 
 # ============================== writing a directory ==========================================
-def byte_to_unicode():
-    """GPT-2's reversible byte -> printable character table (Radford et al. 2019, section 2.2):
-    printable Latin-1 bytes stand for themselves, the other 68 take code points 256, 257, ...
-    A byte-level BPE with these 256 characters and no merges is exactly minitx's tokenizer."""
-    keep = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-            + list(range(ord("®"), ord("ÿ") + 1)))
-    table, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
-
-
 def tokenizer_files(block_size):
     """{file name: JSON dict} describing minitx's byte tokenizer (id = UTF-8 byte) for the
     `tokenizers` library, loadable by transformers' AutoTokenizer / PreTrainedTokenizerFast."""
     level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
              "use_regex": False}
-    vocab = {ch: b for b, ch in byte_to_unicode().items()}
+    vocab = {ch: b for b, ch in bytes_to_unicode().items()}
     tokenizer = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": [],
                  "normalizer": None, "pre_tokenizer": level, "post_processor": None,
                  "decoder": level,

@@ -16,14 +16,13 @@ deterministic) when the run is resumed or sampled, and its model config must sti
 import dataclasses
 import json
 import os
-import shutil
 
 import numpy as np
 
-from minitx.checkpoint import (CONFIG_FILE, LATEST, STATE_FILE, CheckpointError, _prune,
-                               load_model, read_config, resolve, step_dir_name)
-from minitx.fileio import atomic_write, fsync_dir
-from minitx.safetensors import SafetensorsError, load_file, read_header, save_file
+from minitx.checkpoint import (CONFIG_FILE, STATE_FILE, CheckpointError, commit_step,
+                               load_model, read_config, resolve, write_train_state)
+from minitx.fileio import atomic_write
+from minitx.safetensors import SafetensorsError, load_file, read_header
 
 FORMAT = "minitx-lora"
 
@@ -42,34 +41,13 @@ def save_lora_checkpoint(run_dir, model, step, optimizer, train_state, info, kee
     if bad:
         raise CheckpointError(f"refusing to save non-finite adapter weights at step {step}; the "
                               f"previous checkpoint in {run_dir} is kept")
-    os.makedirs(run_dir, exist_ok=True)
-    name = step_dir_name(step)
-    tmp = os.path.join(run_dir, f".{name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
+
+    def write(tmp):
         save_adapter(model, tmp, base_model_name_or_path=info["base"]["path"])
-        sd = optimizer.state_dict()
-        tensors = {f"optim.{k}": np.asarray(v) for k, v in sd["state"].items()
-                   if isinstance(v, np.ndarray)}
-        scalars = {k: v for k, v in sd["state"].items() if not isinstance(v, np.ndarray)}
-        save_file(tensors, os.path.join(tmp, STATE_FILE),
-                  metadata={"step": str(step), "optim_groups": json.dumps(sd["groups"]),
-                            "optim_scalars": json.dumps(scalars),
-                            "train_state": json.dumps(train_state)})
+        write_train_state(tmp, step, optimizer, train_state)
         config = dict(info, format=FORMAT, step=step)
         atomic_write(os.path.join(tmp, CONFIG_FILE), [json.dumps(config, indent=2).encode()])
-        final = os.path.join(run_dir, name)
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        fsync_dir(run_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    atomic_write(os.path.join(run_dir, LATEST), [name.encode() + b"\n"])
-    _prune(run_dir, keep, name)
-    return final
+    return commit_step(run_dir, step, write, keep)
 
 
 def prepare_base(model, quant, checkpointing=False):

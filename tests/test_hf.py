@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 import minitx
+from minitx.bpe import bytes_to_unicode as byte_to_unicode
 from minitx.cli import main as cli
-from minitx.hf import (HFError, InitFromHF, byte_to_unicode, export_checkpoint, export_hf,
+from minitx.hf import (HFError, InitFromHF, export_checkpoint, export_hf,
                        from_hf, hf_config, to_hf_state)
 from minitx.models import from_hf as models_from_hf
 from minitx.models.gpt import GPT, GPTConfig, get_config

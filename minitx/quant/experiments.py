@@ -5,14 +5,11 @@ Used by tutorials/04_quantization.py and the tests. The corpus is minitx's own s
 Each `*_table` function returns a list of dict rows (print them with `format_table`).
 """
 import copy
-import glob
-import os
 
 import numpy as np
 
 import minitx
 from minitx.models.gpt import GPT, GPTConfig
-from minitx.optim import AdamW
 from minitx.quant import quantize
 from minitx.quant.compensate import add_compensation, recovered_fraction
 from minitx.quant.linear import QuantLinear, linear_layers, quantize_model
