@@ -223,6 +223,7 @@ class SeqLenSampler:
         self.inner, self.mode = inner, mode
 
     def next_batch(self, trainer):
+        # the inner sampler draws at trainer.seq_len: let it draw full-length windows, then cut
         L = trainer.seq_len
         trainer.seq_len = trainer.model.config.block_size
         try:
