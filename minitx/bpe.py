@@ -60,7 +60,7 @@ NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 WHITE_SPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) \
     + "\u2028\u2029\u202f\u205f\u3000"  # the Unicode White_Space property (stable since 6.3)
 
-PRE_TOKENIZERS = ("smollm", "gpt2")
+PRE_TOKENIZERS = ("smollm", "gpt2", "gpt-2")      # "gpt-2": llama.cpp's name for "gpt2"
 
 
 @functools.lru_cache(maxsize=1)

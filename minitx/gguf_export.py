@@ -112,7 +112,7 @@ def _metadata(cfg, file_type, qname):
         "llama.attention.value_length": cfg.head_dim,
         "llama.vocab_size": cfg.vocab_size,
         "tokenizer.ggml.model": "gpt2",
-        "tokenizer.ggml.pre": "gpt2",
+        "tokenizer.ggml.pre": "gpt-2",                  # llama.cpp's name for GPT-2's pattern
         "tokenizer.ggml.tokens": [chars[b] for b in range(256)],
         "tokenizer.ggml.token_type": [1] * 256,
         "tokenizer.ggml.merges": [],
