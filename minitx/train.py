@@ -362,8 +362,8 @@ def train(model_config, tc, text, out_dir, resume=False, log=print, **extension_
         tc: TrainConfig. text: the training corpus (str).
         resume: continue from the checkpoint in `out_dir`.
         log: a print-like function for progress lines.
-        extension_points: sampler / schedule / trainable / extensions for `Trainer`; a sampler
-            may be given as a function `make(train_ids, tc) -> sampler`.
+        extension_points: sampler / schedule / trainable / extensions for `Trainer` (samplers
+            that need the training ids install themselves from an extension's `on_init`).
     Returns:
         dict with step, val_loss, unigram_loss, tokens, flops, tokens_per_s, seconds, model.
     """
@@ -386,11 +386,8 @@ def train(model_config, tc, text, out_dir, resume=False, log=print, **extension_
         _random.manual_seed(tc.seed)
         model = GPT(model_config)
     train_ids, val_ids = prepare_data(text, tc, model.config.block_size)
-    sampler = extension_points.pop("sampler", None)
-    if callable(sampler) and not hasattr(sampler, "next_batch"):
-        sampler = sampler(train_ids, tc)
     trainer = Trainer(model, tc, train_ids, val_ids, out_dir, log=log, data_fingerprint=data_fp,
-                      sampler=sampler, **extension_points)
+                      **extension_points)
     if resume:
         trainer.load_state(step, opt_state, state)
         log(f"resumed from {out_dir} at step {step}")
