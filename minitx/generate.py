@@ -64,6 +64,10 @@ def sample(model, idx, max_new_tokens, temperature=1.0, top_k=None, rng=None):
 
 def _decode(model, idx, max_new_tokens, temperature, top_k, rng, block):
     """The prefill + one-token-at-a-time loop of `sample` (model already in eval mode)."""
+    if getattr(model, "stateful", False):             # xl / knn patterns: their memory's form
+        from minitx.long_context import decode_stream
+        return decode_stream(model, idx, max_new_tokens,
+                             lambda logits: _pick(logits, temperature, top_k, rng))
     def prefill(context):
         caches = model.new_caches()
         logits = model(context, caches=caches)[0].data[:, -1]         # (B, V)

@@ -29,7 +29,9 @@ def add_parser(sub):
     p.add_argument("--attention-pattern", default=None, metavar="SPEC",
                    help="which pairs attend, per layer: dense (default), window:W, "
                         "bigbird:block=B,window=w,global=g,random=r, strided:block=B,stride=l, "
-                        "fixed:..., longformer:..., linear, performer:features=m "
+                        "fixed:..., longformer:..., linear, performer:features=m, and the "
+                        "memories xl:mem=M | xl:segments=s, knn:k=K,size=S (these train over the "
+                        "corpus segment by segment and need RoPE, e.g. --config llama) "
                         "(minitx/attention/patterns.py; saved in the checkpoint)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--profile", action="store_true",
@@ -177,6 +179,7 @@ def run(args):
     extensions = [init] if init else []          # first: the weights before anything else acts
     extensions += curriculum_extensions(args, tc, model_config)
     extensions += growth_extensions(args, model_config, tc)
+    extensions += segment_extensions(args, model_config)
     check_out_dir(args.out)
     check_memory(tc.batch_size, model_config.block_size, model_config.vocab_size)
     text = load_text(args.data) if args.data else default_corpus()
@@ -198,6 +201,19 @@ def run(args):
         from minitx.commands.generate import print_sample
         print_sample(result["model"], "The ", args.sample_tokens, 0.8, 40, args.seed)
     return 0
+
+
+def segment_extensions(args, model_config):
+    """SegmentTraining (minitx/long_context.py) when a layer's pattern carries a memory."""
+    from minitx.attention.patterns import STATEFUL, parse_layers
+    layers = parse_layers(model_config.attention_pattern, model_config.n_layer)
+    if not any(name in STATEFUL for name, _ in layers):
+        return []
+    if args.curriculum != "none" or args.sampler != "uniform":
+        raise ValueError(f"attention pattern {model_config.attention_pattern!r} trains on the "
+                         "corpus in order, segment by segment: leave out --curriculum/--sampler")
+    from minitx.long_context import SegmentTraining
+    return [SegmentTraining()]
 
 
 def init_from_hf(args, overrides):

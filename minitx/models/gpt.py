@@ -15,10 +15,12 @@ import math
 import numpy as np
 
 from minitx import random as _random
-from minitx.attention.patterns import Pattern, parse_layers
+from minitx.attention.patterns import STATEFUL, Pattern, parse_layers
+from minitx.attention.stream import stream_attention
 from minitx.autograd import Function, Tensor, no_grad
 from minitx.nn import functional as F
-from minitx.nn.modules import Embedding, LayerNorm, Linear, Module, ModuleList, RMSNorm
+from minitx.nn.modules import (Embedding, LayerNorm, Linear, Module, ModuleList, Parameter,
+                               RMSNorm)
 
 
 @dataclasses.dataclass
@@ -79,9 +81,14 @@ class GPTConfig:
         if bad:
             raise ValueError(f"invalid GPTConfig ({', '.join(bad)}): {self}")
         layers = parse_layers(self.attention_pattern, self.n_layer)         # names a bad spec
-        if self.n_kv_head != self.n_head and any(n in ("linear", "performer") for n, _ in layers):
+        if self.n_kv_head != self.n_head and any(n in ("linear", "performer", "knn")
+                                                 for n, _ in layers):
             raise ValueError(f"attention pattern {self.attention_pattern!r} needs n_kv_head == "
-                             f"n_head (linear attention has no GQA here): {self}")
+                             f"n_head (linear and kNN attention have no GQA here): {self}")
+        if self.pos != "rope" and any(n in STATEFUL for n, _ in layers):
+            raise ValueError(f"attention pattern {self.attention_pattern!r} carries a memory "
+                             f"across segments and needs pos='rope' (cached keys keep their "
+                             f"relative positions; e.g. --config llama): {self}")
         sizes = (self.vocab_size * self.n_embd + self.n_layer * self.n_embd
                  * (self.head_dim * (2 * self.n_head + 2 * self.n_kv_head) + 3 * self.ffn_hidden))
         if sizes > MAX_PARAMS:
@@ -165,9 +172,11 @@ class CausalSelfAttention(Module):
         super().__init__()
         self.config = config
         self.pattern = Pattern(*parse_layers(config.attention_pattern, config.n_layer)[layer],
-                               config.head_dim, layer)
+                               config.head_dim, layer, config.block_size)
         C, H, Hkv, d, b = (config.n_embd, config.n_head, config.n_kv_head, config.head_dim,
                            config.bias)
+        if self.pattern.name == "knn":
+            self.knn_gate = Parameter(np.zeros(H, dtype=np.float32))   # (H,) g = sigmoid(.)
         if config.fused_qkv:
             self.qkv = Linear(C, (H + 2 * Hkv) * d, bias=b)
             self.proj = Linear(H * d, C, bias=b)
@@ -196,22 +205,38 @@ class CausalSelfAttention(Module):
 
     def forward(self, x, rope=None, cache=None):
         """x (B, T, C) -> (B, T, C). `cache` is a dict holding "k", "v" arrays (B, Hkv, S, d) of
-        earlier positions (inference only); it is extended in place."""
+        earlier positions (inference only); it is extended in place. Stateful patterns (xl,
+        knn) keep their memory in it instead (attention/stream.py), in training too; without a
+        cache they see the segment only."""
         B, T, _ = x.shape
         cfg = self.config
         q, k, v = self.project_qkv(x)
+        k_raw = k
         if rope is not None:
             q, k = _Rope.apply(q, *rope), _Rope.apply(k, *rope)
+        if self.pattern.stateful:
+            y = stream_attention(self.pattern, {} if cache is None else cache, q, k, k_raw, v,
+                                 cfg.block_size, self._rotate, getattr(self, "knn_gate", None),
+                                 impl=cfg.attention, enable_gqa=cfg.n_kv_head != cfg.n_head)
+        else:
+            y = self._attend(q, k, v, cache)
+        y = y.permute(0, 2, 1, 3).reshape(B, T, cfg.n_head * cfg.head_dim)    # (B, T, H*d)
+        out = self.proj(y) if cfg.fused_qkv else self.o_proj(y)                # (B, T, C)
+        return F.dropout(out, cfg.dropout, self.training)
+
+    def _rotate(self, x, positions):
+        """RoPE of a constant (..., n, d) ndarray at `positions` (n,) (memory keys)."""
+        return _rotate(x, *rope_tables(self.config.head_dim, positions, self.config.rope_base))
+
+    def _attend(self, q, k, v, cache):
+        cfg = self.config
         if cache is not None:
             if "k" in cache:
                 k = Tensor(np.concatenate([cache["k"], k.data], axis=2))       # (B, Hkv, S+T, d)
                 v = Tensor(np.concatenate([cache["v"], v.data], axis=2))
             cache["k"], cache["v"] = k.data, v.data
-        y = self.pattern(q, k, v, impl=cfg.attention,
-                         enable_gqa=cfg.n_kv_head != cfg.n_head)                # (B, H, T, d)
-        y = y.permute(0, 2, 1, 3).reshape(B, T, cfg.n_head * cfg.head_dim)    # (B, T, H*d)
-        out = self.proj(y) if cfg.fused_qkv else self.o_proj(y)                # (B, T, C)
-        return F.dropout(out, cfg.dropout, self.training)
+        return self.pattern(q, k, v, impl=cfg.attention,
+                            enable_gqa=cfg.n_kv_head != cfg.n_head)             # (B, H, T, d)
 
 
 class MLP(Module):
@@ -279,7 +304,8 @@ def num_params_of(config):
     total = V * C + L * (2 * norm + attn + mlp) + norm
     total += config.block_size * C if config.pos == "learned" else 0
     total += 0 if config.tie_weights else C * V
-    return total
+    knn = sum(name == "knn" for name, _ in parse_layers(config.attention_pattern, L))
+    return total + knn * config.n_head                 # the kNN layers' (H,) gates
 
 
 RESIDUAL_PROJECTIONS = ("attn.proj.weight", "attn.o_proj.weight", "mlp.proj.weight",
@@ -362,12 +388,22 @@ class GPT(Module):
 
     def flops_per_token(self, training=True, seq_len=None):
         """6N + 12 L H Q T (PaLM appendix B) with N non-embedding parameters and T the context
-        (`seq_len`, default block_size); forward only is a third of it."""
+        (`seq_len`, default block_size); forward only is a third of it. The attention term is
+        each layer's pattern's own (`Pattern.attention_flops`: equal to 12 H Q T for dense)."""
         c = self.config
         n = self.num_params(non_embedding=True)
         T = c.block_size if seq_len is None else seq_len
-        total = 6 * n + 12 * c.n_layer * c.n_head * c.head_dim * T
-        return total if training else total // 3
+        if all(b.attn.pattern.name == "dense" for b in self.blocks):    # exact integers
+            total = 6 * n + 12 * c.n_layer * c.n_head * c.head_dim * T
+            return total if training else total // 3
+        attn = sum(b.attn.pattern.attention_flops(T, c.n_head, c.head_dim, training)
+                   for b in self.blocks)
+        return (6 * n if training else 2 * n) + attn
+
+    @property
+    def stateful(self):
+        """True when a layer carries a memory across segments (xl, knn patterns)."""
+        return any(b.attn.pattern.stateful for b in self.blocks)
 
     def new_caches(self):
         """One empty KV cache per layer, for `forward(..., caches=...)`."""
