@@ -235,6 +235,8 @@ def plot(result, path):
             ax1.errorbar(dists, acc.mean(0), yerr=acc.std(0), marker="o", label=name,
                          capsize=3)
     ax1.axhline(1 / len(VALUES), color="grey", ls=":", label="chance")
+    ax1.axvline(result["args"]["recall_T"], color="black", ls="--", lw=0.8,
+                label="segment length T")
     ax1.set(xscale="log", xlabel="distance D (tokens)", ylabel="recall accuracy",
             title="associative recall (segments of T = %d)" % result["args"]["recall_T"])
     ax1.legend(fontsize=7)
@@ -255,6 +257,38 @@ def plot(result, path):
     return path
 
 
+def merge(args):
+    results = []
+    for path in args.merge:
+        with open(path) as f:
+            results.append(json.load(f))
+    result = {"args": {**results[0]["args"]}, "rows": [], "wall_s": 0.0}
+    for r in results:
+        result["rows"] += r["rows"]
+        result["wall_s"] += r["wall_s"]
+        for k, v in r["args"].items():                  # each task's settings from its run
+            if k.startswith(("recall", "doc", "distances")) and "recall" in r["args"]["tasks"]:
+                result["args"][k] = v
+            if k.startswith(("corpus", "dense", "val")) and "corpus" in r["args"]["tasks"]:
+                result["args"][k] = v
+    result["args"]["tasks"] = sorted({t for r in results for t in r["args"]["tasks"]})
+    return report(result, args)
+
+
+def report(result, args):
+    md = table(result)
+    print(md)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "long_context_study.json"), "w") as f:
+            json.dump(result, f, indent=1)
+        with open(os.path.join(args.out, "long_context_study.md"), "w") as f:
+            f.write(md + "\n")
+    if args.svg:
+        plot(result, args.svg)
+    return result
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="seconds: tiny sizes, one seed")
@@ -273,7 +307,11 @@ def main(argv=None):
     ap.add_argument("--distances", type=int, nargs="*", default=[8, 32, 96, 200, 400])
     ap.add_argument("--out", default=None, help="directory for long_context_study.json/.md")
     ap.add_argument("--svg", default=None, help="path of the SVG plot")
+    ap.add_argument("--merge", nargs="*", default=None, metavar="JSON",
+                    help="no training: combine stored runs (e.g. one per task) into --out/--svg")
     args = ap.parse_args(argv)
+    if args.merge:
+        return merge(args)
     if args.quick:
         args.seeds, args.corpus_T, args.corpus_B, args.dense_steps = 1, 64, 2, 6
         args.val_segments, args.recall_T, args.recall_B = 2, 16, 4
@@ -290,17 +328,7 @@ def main(argv=None):
     if "recall" in args.tasks:
         recall_study(args, args.seeds, rows)
     result = {"args": vars(args), "rows": rows, "wall_s": time.time() - t0}
-    md = table(result)
-    print(md)
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "long_context_study.json"), "w") as f:
-            json.dump(result, f, indent=1)
-        with open(os.path.join(args.out, "long_context_study.md"), "w") as f:
-            f.write(md + "\n")
-    if args.svg:
-        plot(result, args.svg)
-    return result
+    return report(result, args)
 
 
 if __name__ == "__main__":

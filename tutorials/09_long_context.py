@@ -15,9 +15,8 @@
 #
 # Every one of them trades something: sparse layouts drop pairs, linear attention changes the
 # kernel, memories see the past through a fixed-size or stale window. Tay et al. 2022 ("Scaling
-# Laws vs Model Architectures") found no variant that beats dense attention across the board.
-# (This tutorial does not contain a training study; the issue's "no silver bullet" study is
-# not done yet.)
+# Laws vs Model Architectures") found no variant that beats dense attention across the board;
+# section 6 shows minitx's own small study (`benchmarks/long_context_study.py`).
 #
 # Run headless: `python tutorials/09_long_context.py --quick` (well under a minute).
 
@@ -168,6 +167,64 @@ everything = sdpa(q, store.keys, store.values).data
 print(f"kNN memory: top-8 of {len(store)} vs all {len(store)}: mean |diff| "
       f"{np.abs(near - everything).mean():.3f}; k = size gives "
       f"{np.abs(memory.knn_attention(q, store, k=len(store)).data - everything).max():.1e}")
+
+# %% [markdown]
+# ## 5. A Transformer-XL memory at work in the GPT
+# `--attention-pattern xl:mem=M` makes every layer keep the last M keys and values (no
+# gradient) and read a long text segment by segment (`minitx/long_context.py` trains it that
+# way: each batch row continues its own stream). The cache carries the memory; RoPE rotates the
+# memory's keys at positions -M..-1 relative to the segment, so no position grows along the
+# stream. How far back does a token reach? Change the first token of a 4-segment text and see
+# which segments' logits move: without memory only its own segment; with M = T one layer reaches
+# one segment further, so L = 2 layers reach two (Transformer-XL's O(N L) context).
+
+# %%
+from minitx.long_context import stream_logits  # noqa: E402
+from minitx.models.gpt import GPT, get_config  # noqa: E402
+
+T = 16
+text = rng.integers(0, 256, (1, 4 * T))
+changed = text.copy()
+changed[0, 0] = (changed[0, 0] + 1) % 256
+for spec in ("xl:mem=0", f"xl:mem={T}", f"xl:mem={2 * T}"):
+    minitx_model = GPT(get_config("llama", n_layer=2, n_head=2, n_embd=32, block_size=T,
+                                  attention_pattern=spec))
+    caches = minitx_model.new_caches()
+    moved = np.abs(stream_logits(minitx_model, changed)
+                   - stream_logits(minitx_model, text, caches)).reshape(4, T, -1).max(axis=(1, 2))
+    print(f"{spec:10s} logits moved per segment: " + "  ".join(f"{m:.0e}" for m in moved)
+          + f" | memory per layer: {caches[0]['mem_k'].shape if 'mem_k' in caches[0] else '-'}")
+print("sampling reads the prompt into the memory, then continues segment after segment:",
+      minitx_model.generate(text[:, :20], 3 * T, temperature=0).shape)
+
+# %% [markdown]
+# ## 6. No silver bullet: the study
+# Seven patterns, equal parameters (the kNN layer adds 4 gate logits), equal training FLOPs
+# (each pattern's own attention cost: cheap patterns train more steps), on the byte corpus
+# (validation bits per byte at T = 1024) and on associative recall against the distance D
+# between a key and its earlier occurrence (documents of 4 segments of 128: D > 128 is beyond
+# one segment). The table is the stored full run if present, else a seconds-long quick run
+# (tiny sizes: its numbers mean nothing beyond "it runs").
+
+# %%
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+
+here = os.path.dirname(os.path.abspath(__file__)) if "__file__" in globals() else os.getcwd()
+bench = os.path.join(os.path.dirname(here), "benchmarks")
+spec_ = importlib.util.spec_from_file_location("long_context_study",
+                                               os.path.join(bench, "long_context_study.py"))
+study = importlib.util.module_from_spec(spec_)
+spec_.loader.exec_module(study)
+stored = os.path.join(bench, "results", "long_context_study.json")
+if os.path.exists(stored):
+    with open(stored) as f:
+        result = json.load(f)
+    print(f"stored run ({stored}):")
+    print(study.table(result))
+else:
+    print("no stored run: the quick study (tiny sizes)")
+    result = study.main(["--quick"])
 
 # %% [markdown]
 # ## The pictures
