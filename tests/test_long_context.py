@@ -290,3 +290,20 @@ def test_trainer_counts_each_layers_pattern_flops():
     dense = GPT(get_config("llama", n_layer=2, n_head=2, n_embd=16, block_size=8))
     assert dense.flops_per_token() == 6 * (n - 2) + 12 * 2 * 2 * 8 * 8   # n less the gate
     assert patterns.STATEFUL == ("xl", "knn")
+
+
+def test_study_quick_mode_trains_every_pattern_at_equal_flops():
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "long_context_study.py")
+    spec = importlib.util.spec_from_file_location("long_context_study", path)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    result = study.main(["--quick", "--tasks", "recall", "--impl", "flash2"])
+    rows = result["rows"]
+    assert [r["pattern"] for r in rows] == list(study.patterns(16))
+    budget = rows[0]["flops"]                             # dense's
+    for r in rows:                                        # equal up to one step's worth
+        assert abs(r["flops"] - budget) <= budget / r["steps"], r["pattern"]
+        assert r["params"] == rows[0]["params"] + (4 if r["pattern"] == "knn" else 0)
+    assert "| knn |" in study.table(result)
