@@ -43,7 +43,8 @@ def masked_dense_forward(model, idx, allowed):
         a = blk.attn
         q, k, v = a.project_qkv(blk.ln1(x))
         q, k = _Rope.apply(q, *rope), _Rope.apply(k, *rope)
-        y = sdpa(q, k, v, attn_mask=allowed, impl="naive")
+        y = sdpa(q, k, v, attn_mask=allowed, impl="naive",
+                 enable_gqa=cfg.n_kv_head != cfg.n_head)
         B, _, N, _ = y.shape
         x = x + a.o_proj(y.permute(0, 2, 1, 3).reshape(B, N, -1))
         x = x + blk.mlp(blk.ln2(x))
@@ -57,10 +58,10 @@ def xl_span(N, T, M):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("M", [0, 5, 8, 19])
-def test_xl_segments_equal_dense_attention_over_the_same_span(on_backend, impl, M):
+@pytest.mark.parametrize("M,n_kv_head", [(0, 2), (5, 2), (8, 1), (19, 2)])
+def test_xl_segments_equal_dense_attention_over_the_same_span(on_backend, impl, M, n_kv_head):
     T, N = 8, 30                                          # 4 segments, the last one short
-    model = model_for(f"xl:mem={M}", T, np.float64, attention=impl)
+    model = model_for(f"xl:mem={M}", T, np.float64, attention=impl, n_kv_head=n_kv_head)
     idx = np.random.default_rng(1).integers(0, 256, (2, N))
     got = stream_logits(model, idx)                                         # (B, N, V)
     with minitx.no_grad():
