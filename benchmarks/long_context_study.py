@@ -54,6 +54,10 @@ def patterns(T):
             "xl": f"xl:mem={T}", "knn": f"dense;knn:k=32,size={4 * T}"}
 
 
+def selected(T, args):
+    return [(n, s) for n, s in patterns(T).items() if not args.patterns or n in args.patterns]
+
+
 def model_for(spec, T, impl):
     return get_config("llama", n_layer=2, n_head=4, n_embd=64, block_size=T,
                       attention_pattern=spec, attention=impl)
@@ -88,7 +92,7 @@ def corpus_study(args, seeds, rows):
     train_ids, val_ids = train_val_split(ids, 0.1)
     T, B = args.corpus_T, args.corpus_B
     val = stream_batches(val_ids, B, T, args.val_segments)
-    for name, spec in patterns(T).items():
+    for name, spec in selected(T, args):
         steps = steps_for(spec, T, B, args.impl, args.dense_steps)
         for seed in range(seeds):
             model, out, sec = train(spec, T, B, steps, seed, args.impl, train_ids, val_ids,
@@ -97,6 +101,7 @@ def corpus_study(args, seeds, rows):
                          "T": T, "batch": B, "steps": steps, "flops": out["flops"],
                          "params": model.num_params(), "bpb": out["val_loss"] / math.log(2),
                          "cpu_s": sec})
+            checkpoint_rows(args, rows)
             print(f"corpus {name:12s} seed {seed} steps {steps:4d} "
                   f"bpb {rows[-1]['bpb']:.3f} {out['flops'] / 1e12:.3f} TFLOP {sec:.0f}s",
                   flush=True)
@@ -171,7 +176,7 @@ def recall_study(args, seeds, rows):
     T, B, n = args.recall_T, args.recall_B, args.doc_segments
     distances = args.distances
     dummy = np.zeros(4 * T, dtype=np.int64)
-    for name, spec in patterns(T).items():
+    for name, spec in selected(T, args):
         steps = steps_for(spec, T, B, args.impl, args.recall_dense_steps)
         for seed in range(seeds):
             val = RecallSampler(B, T, n, distances, 99)
@@ -183,6 +188,7 @@ def recall_study(args, seeds, rows):
             rows.append({"task": "recall", "pattern": name, "spec": spec, "seed": seed, "T": T,
                          "batch": B, "steps": steps, "flops": out["flops"],
                          "params": model.num_params(), "acc": acc, "cpu_s": sec})
+            checkpoint_rows(args, rows)
             print(f"recall {name:12s} seed {seed} steps {steps:4d} "
                   + " ".join(f"D={D}:{a:.2f}" for D, a in acc.items())
                   + f" {sec:.0f}s", flush=True)
@@ -257,6 +263,14 @@ def plot(result, path):
     return path
 
 
+def checkpoint_rows(args, rows):
+    """Write the rows so far (a long run interrupted keeps its finished runs)."""
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "partial.json"), "w") as f:
+            json.dump({"args": vars(args), "rows": rows, "wall_s": 0.0}, f, indent=1)
+
+
 def merge(args):
     results = []
     for path in args.merge:
@@ -295,6 +309,7 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--tasks", nargs="*", default=["corpus", "recall"])
     ap.add_argument("--impl", default="c", help="exact attention implementation")
+    ap.add_argument("--patterns", nargs="*", default=None, help="a subset of the names")
     ap.add_argument("--corpus-T", type=int, default=1024)
     ap.add_argument("--corpus-B", type=int, default=4)
     ap.add_argument("--dense-steps", type=int, default=150)
