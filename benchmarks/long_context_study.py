@@ -197,7 +197,7 @@ def recall_study(args, seeds, rows):
 # ============================== report =======================================================
 def table(result):
     rows, out = result["rows"], []
-    names = list(dict.fromkeys(r["pattern"] for r in rows))
+    names = [n for n in patterns(8) if any(r["pattern"] == n for r in rows)]
     dists = result["args"]["distances"]
     out.append("| pattern | params | corpus steps | corpus val bits/byte | recall steps | "
                + " | ".join(f"recall D={D}" for D in dists) + " |")
@@ -231,7 +231,7 @@ def plot(result, path):
     except ImportError:
         return None
     rows, dists = result["rows"], result["args"]["distances"]
-    names = list(dict.fromkeys(r["pattern"] for r in rows))
+    names = [n for n in patterns(8) if any(r["pattern"] == n for r in rows)]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     for name in names:
         a = [r for r in rows if r["pattern"] == name and r["task"] == "recall"]
@@ -271,9 +271,39 @@ def checkpoint_rows(args, rows):
             json.dump({"args": vars(args), "rows": rows, "wall_s": 0.0}, f, indent=1)
 
 
+def rows_from_log(path, args):
+    """Rows of an interrupted run from its printed lines (accuracies/bpb rounded as printed;
+    steps, FLOPs and parameters recomputed exactly; marked "from_log")."""
+    rows = []
+    with open(path) as f:
+        for line in f:
+            w = line.split()
+            if len(w) < 6 or w[0] not in ("corpus", "recall") or w[2] != "seed":
+                continue
+            task, name, seed, steps = w[0], w[1], int(w[3]), int(w[5])
+            T, B = (args.corpus_T, args.corpus_B) if task == "corpus" else (args.recall_T,
+                                                                              args.recall_B)
+            spec = patterns(T)[name]
+            model = GPT(model_for(spec, T, args.impl))
+            row = {"task": task, "pattern": name, "spec": spec, "seed": seed, "T": T,
+                   "batch": B, "steps": steps, "params": model.num_params(),
+                   "flops": float(model.flops_per_token(seq_len=T)) * B * T * steps,
+                   "cpu_s": float(w[-1].rstrip("s")), "from_log": True}
+            if task == "corpus":
+                row["bpb"] = float(w[7])
+            else:
+                row["acc"] = {k[2:]: float(v) for k, v in (x.split(":") for x in w[6:-1])}
+            rows.append(row)
+    return rows
+
+
 def merge(args):
     results = []
     for path in args.merge:
+        if path.endswith(".log"):
+            results.append({"args": {"tasks": []}, "rows": rows_from_log(path, args),
+                            "wall_s": 0.0})
+            continue
         with open(path) as f:
             results.append(json.load(f))
     result = {"args": {**results[0]["args"]}, "rows": [], "wall_s": 0.0}
@@ -325,13 +355,13 @@ def main(argv=None):
     ap.add_argument("--merge", nargs="*", default=None, metavar="JSON",
                     help="no training: combine stored runs (e.g. one per task) into --out/--svg")
     args = ap.parse_args(argv)
-    if args.merge:
-        return merge(args)
     if args.quick:
         args.seeds, args.corpus_T, args.corpus_B, args.dense_steps = 1, 64, 2, 6
         args.val_segments, args.recall_T, args.recall_B = 2, 16, 4
         args.doc_segments, args.recall_dense_steps, args.recall_docs = 3, 6, 8
         args.distances = [4, 12, 30]
+    if args.merge:
+        return merge(args)
     try:
         import minitx_c.flash  # noqa: F401
     except ImportError:
