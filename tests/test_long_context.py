@@ -77,7 +77,7 @@ def test_xl_segments_spec_sets_the_memory_in_block_sizes():
     assert Pattern(*parse("xl:mem=5"), 16, 0, block_size=8).mem_len == 5
 
 
-def test_no_gradient_flows_into_the_memory():
+def test_no_gradient_flows_into_the_memory(on_backend):
     """Tokens only in segment 1 get no input-embedding gradient from segment 2's loss under
     xl (stop-gradient), but do under the same attention span without it."""
     T = 8
@@ -138,7 +138,7 @@ class Record:
 
 
 @pytest.mark.parametrize("spec", ["xl:mem=12", "knn:k=4,size=40;xl:mem=8"])
-def test_resume_is_bit_exact_with_the_memory(tmp_path, spec):
+def test_resume_is_bit_exact_with_the_memory(on_backend, tmp_path, spec):
     cfg = get_config("llama", n_layer=2, n_head=2, n_embd=16, block_size=8,
                      attention_pattern=spec)
     tc = dict(max_steps=6, batch_size=2, warmup=2, eval_interval=3, eval_iters=2,
@@ -182,7 +182,7 @@ def test_saved_memory_round_trips_and_bad_data_is_refused():
         decode_array(bad)
 
 
-def test_knn_generation_matches_its_teacher_forced_forward():
+def test_knn_generation_matches_its_teacher_forced_forward(on_backend):
     T = 8
     model = model_for("knn:k=3,size=20", T)
     model.eval()
