@@ -199,13 +199,13 @@ def table(result):
     rows, out = result["rows"], []
     names = [n for n in patterns(8) if any(r["pattern"] == n for r in rows)]
     dists = result["args"]["distances"]
-    out.append("| pattern | params | corpus steps | corpus val bits/byte | recall steps | "
-               + " | ".join(f"recall D={D}" for D in dists) + " |")
-    out.append("|---" * (5 + len(dists)) + "|")
+    out.append("| pattern | params | seeds (corpus/recall) | corpus steps | corpus val "
+               "bits/byte | recall steps | " + " | ".join(f"recall D={D}" for D in dists) + " |")
+    out.append("|---" * (6 + len(dists)) + "|")
     for name in names:
         c = [r for r in rows if r["pattern"] == name and r["task"] == "corpus"]
         a = [r for r in rows if r["pattern"] == name and r["task"] == "recall"]
-        cells = [name, f"{(c or a)[0]['params']:,}"]
+        cells = [name, f"{(c or a)[0]['params']:,}", f"{len(c)}/{len(a)}"]
         if c:
             bpb = np.array([r["bpb"] for r in c])
             cells += [str(c[0]["steps"]), f"{bpb.mean():.3f} ± {bpb.std():.3f}"]
