@@ -42,7 +42,7 @@ ctypedef void (*fwd_f32)(const float *, float *, float *, int64_t) noexcept nogi
 ctypedef void (*bwd_f32)(const float *, const float *, const float *, float *,
                          int64_t) noexcept nogil
 
-cdef Py_ssize_t PARALLEL_MIN = 1 << 15      # elements below which a kernel runs serially
+cdef Py_ssize_t PARALLEL_MIN = 1 << 16      # elements below which a kernel runs serially
 cdef Py_ssize_t BLOCK = 1 << 13             # elements per parallel task
 
 cdef enum:                                  # kinds of elementwise kernel

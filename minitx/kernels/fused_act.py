@@ -107,20 +107,26 @@ def _array(a, dtype):
 
 # ------------------------------------------------------------------------------- erf
 def _horner(coefs, v):
+    """sum(coefs[k] v^k) by Horner's rule, in place on one buffer."""
     p = np.full_like(v, coefs[-1])
     for c in reversed(coefs[:-1]):
-        p = p * v + c
+        p *= v
+        p += c
     return p
 
 
 def _erf_poly(x):
-    """erf of a float64 array by the two-piece formula (minitx_c/vmath.h, mtx_erf)."""
+    """erf of a float64 array by the two-piece formula (minitx_c/vmath.h, mtx_erf). The C loop
+    evaluates both pieces and selects; here each piece runs on its own elements only."""
     z = np.minimum(np.abs(x), 4.0)                        # erf(4) rounds to 1 in float32
-    s = z * z
-    small = z * _horner(ERF_SMALL, s)                     # |x| < 1
-    with np.errstate(under="ignore"):
-        erfc = np.exp(-s) * _horner(ERF_LARGE, 1.0 / (1.0 + 0.5 * z) - 0.5)
-    return np.copysign(np.where(z < 1.0, small, 1.0 - erfc), x)
+    small = z < 1.0                                       # (NaN goes to the large piece)
+    e = np.empty_like(z)
+    zs = z[small]
+    e[small] = zs * _horner(ERF_SMALL, zs * zs)           # |x| < 1: x P(x^2)
+    zl = z[~small]
+    with np.errstate(under="ignore"):                     # 1 - exp(-x^2) Q(1/(1 + x/2) - 1/2)
+        e[~small] = 1.0 - np.exp(-zl * zl) * _horner(ERF_LARGE, 1.0 / (1.0 + 0.5 * zl) - 0.5)
+    return np.copysign(e, x)
 
 
 def erf(x):
