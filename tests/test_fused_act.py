@@ -68,19 +68,22 @@ def _finite(x):
 
 # ------------------------------------------------------------------------- erf
 def _ulps(actual32, exact64):
-    """|actual - exact| in units of float32 spacing at the exact value."""
-    spacing = np.spacing(np.abs(exact64).astype(np.float32)).astype(np.float64)
-    return np.abs(actual32.astype(np.float64) - exact64) / spacing
+    """|actual - exact| in float32 ulps of the exact value, 2^(floor(log2 |exact|) - 23)."""
+    _, e = np.frexp(exact64)
+    ulp = np.ldexp(1.0, np.maximum(e - 24, -149))
+    return np.abs(actual32.astype(np.float64) - exact64) / ulp
 
 
-def test_erf_float32_within_one_ulp_of_math_erf():
+def test_erf_float32_is_faithfully_rounded_math_erf():
     rng = np.random.default_rng(0)
     x = np.concatenate([SPECIAL[:-3], rng.standard_normal(20000) * 2,
                         rng.uniform(-4.5, 4.5, 20000), 10.0 ** rng.uniform(-40, 1, 5000)])
     x = x.astype(np.float32)
     exact = np.vectorize(math.erf, otypes=[float])(x.astype(np.float64))
     ulps = _ulps(fused_act.erf(x), exact)
-    assert ulps.max() <= 1.0, f"max {ulps.max():.3f} ulp at x = {x[np.argmax(ulps)]!r}"
+    # the nearest or next-nearest float32: the fits' 1e-12 error only matters at a midpoint
+    # (the C kernel measured at most 0.5000 ulp over every float32, benchmarks/erf_accuracy.py)
+    assert ulps.max() <= 0.51, f"max {ulps.max():.4f} ulp at x = {x[np.argmax(ulps)]!r}"
     assert np.mean(ulps <= 0.5) > 0.999                     # correctly rounded almost always
     y = fused_act.erf(np.array([np.inf, -np.inf, np.nan, -0.0], dtype=np.float32))
     assert y[0] == 1 and y[1] == -1 and np.isnan(y[2]) and np.signbit(y[3])
