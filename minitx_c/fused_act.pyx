@@ -34,6 +34,16 @@ cdef extern from "vmath.h" nogil:
     void mtx_silu_fwd_f32(const float *x, float *y, float *s, int64_t n)
     void mtx_silu_bwd_f32(const float *dy, const float *x, const float *s, float *dx, int64_t n)
 
+cdef extern from "rowsum.h" nogil:      # row sums in double, 8 interleaved partial sums
+    double mtx_sumsq_dev_f32(const float *x, double mu, Py_ssize_t n)
+    double mtx_sumsq_dev_f64(const double *x, double mu, Py_ssize_t n)
+    double mtx_dot_f32(const float *dy, const float *w, Py_ssize_t n)
+    double mtx_dot_f64(const double *dy, const double *w, Py_ssize_t n)
+    double mtx_dot_dev_f32(const float *dy, const float *w, const float *x, double mu,
+                           Py_ssize_t n)
+    double mtx_dot_dev_f64(const double *dy, const double *w, const double *x, double mu,
+                           Py_ssize_t n)
+
 ctypedef fused real:
     float
     double
@@ -229,9 +239,10 @@ cdef void _rms_fwd_rows(const real[:, ::1] x, const real[::1] w, bint has_w, dou
     cdef Py_ssize_t R = x.shape[0], C = x.shape[1], r, j
     cdef double ss, rr
     for r in prange(R, schedule="static", num_threads=_threads(R * C)):
-        ss = 0
-        for j in range(C):
-            ss = ss + <double>x[r, j] * x[r, j]
+        if real is float:                            # sum of x^2
+            ss = mtx_sumsq_dev_f32(&x[r, 0], 0.0, C)
+        else:
+            ss = mtx_sumsq_dev_f64(&x[r, 0], 0.0, C)
         rr = 1 / sqrt(ss / C + eps)                   # 1 / sqrt(mean(x^2) + eps)
         for j in range(C):
             if has_w:
@@ -273,10 +284,10 @@ cdef void _rms_bwd_rows(const real[:, ::1] dy, const real[:, ::1] x, const real[
     cdef double gx, g, rr
     for r in prange(R, schedule="static", num_threads=_threads(R * C)):
         rr = rrms[r]
-        gx = 0
-        for j in range(C):                           # mean(g xhat)
-            g = dy[r, j] * w[j] if has_w else dy[r, j]
-            gx = gx + g * (x[r, j] * rr)
+        if real is float:                            # sum of g xhat, g = dy w, xhat = x r
+            gx = mtx_dot_dev_f32(&dy[r, 0], &w[0], &x[r, 0], 0.0, C) * rr
+        else:
+            gx = mtx_dot_dev_f64(&dy[r, 0], &w[0], &x[r, 0], 0.0, C) * rr
         gx = gx / C
         for j in range(C):                           # dx = r (g - xhat mean(g xhat))
             g = dy[r, j] * w[j] if has_w else dy[r, j]
@@ -308,7 +319,7 @@ def rms_norm_backward(dy, x, weight, rrms):
     rr = _flat(rrms)
     dx = np.empty_like(x2)
     dw = np.zeros(C, dtype=x.dtype)
-    w = _flat(weight) if weight is not None else np.zeros(1, dtype=x.dtype)
+    w = _flat(weight) if weight is not None else np.ones(C, dtype=x.dtype)    # g = dy * 1
     if R > 0 and C > 0:
         if x2.dtype == np.float32:
             _rms_bwd_rows[float](dy2, x2, w, weight is not None, rr, dx)
