@@ -4,7 +4,6 @@
 """Cython twins of `minitx/kernels/fused.py`: row-wise softmax and LayerNorm (row sums and the
 LayerNorm row loops in rowsum.h, written so gcc vectorises them).
 
-
 Same names, signatures and steps as the NumPy reference; rows run in parallel (OpenMP prange)
 when the build has OpenMP. Inputs are validated by the reference's own checks, and made
 contiguous and aligned, before the GIL is released; inputs are read through `const` views, so
