@@ -16,7 +16,16 @@ import importlib
 import os
 import sys
 
-import numpy as np
+# OpenBLAS's worker threads spin for 2^28 cycles (~0.1 s) after each product before they sleep,
+# so in a training step, where a product comes every few ms, they never sleep and keep a core
+# busy while minitx_c's OpenMP kernels (attention, fused ops) want both cores. 2^4 cycles
+# makes them sleep at once (waking them costs microseconds per product). OpenBLAS reads this
+# when it loads, i.e. when NumPy is first imported: it takes effect when minitx is imported
+# before NumPy (`python -m minitx`, the benchmarks); an explicit setting wins.
+if "numpy" not in sys.modules:
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+import numpy as np  # noqa: E402
 
 # kernel name -> module of its NumPy reference. The Cython twin is `minitx_c.<name>`.
 TWINS = {
@@ -126,16 +135,44 @@ def kernel(name):
 _init()
 
 
+# Which library serves a float32 product on the "c" backend, decided by measurement per shape
+# class and thread count (benchmarks/gemm_policy.py; figures in the notes of issue 15). The
+# classes are the products a Linear makes: forward x @ W^T (b a transposed view), input grad
+# dY @ W (b C-ordered), weight grad dY^T @ X (a a transposed view); "other" is everything
+# else (batched products, attention's naive path). On the Xeon (AVX-512) these were measured
+# on, OpenBLAS's AVX-512 SGEMM ran the GPT and MiniLM products at 1.5-2.1x the speed of
+# minitx_c.matmul's AVX2 micro-kernel on one thread (process CPU time, median of 5
+# interleaved pairs), and on two threads it also won; minitx_c.matmul stays the readable
+# BLIS kernel of tutorial 03 and serves on machines where it measures faster (edit the table).
+GEMM_POLICY = {
+    (1, "x@W^T"): "openblas", (1, "dY@W"): "openblas", (1, "dY^T@X"): "openblas",
+    (1, "other"): "openblas",
+    (2, "x@W^T"): "openblas", (2, "dY@W"): "openblas", (2, "dY^T@X"): "openblas",
+    (2, "other"): "openblas",
+}
+
+
+def gemm_class(a, b):
+    """The shape class of a @ b in GEMM_POLICY: "x@W^T", "dY@W", "dY^T@X" or "other"."""
+    if b.ndim == 2 and a.ndim >= 2:
+        if a.ndim == 2 and a.flags.f_contiguous and not a.flags.c_contiguous:
+            return "dY^T@X"
+        return "x@W^T" if b.flags.f_contiguous and not b.flags.c_contiguous else "dY@W"
+    return "other"
+
+
+def gemm_server(a, b):
+    """"minitx" or "openblas": who serves the float32 product a @ b now (GEMM_POLICY)."""
+    n = min(_C.get_num_threads(), 2) if _C is not None else 1
+    return GEMM_POLICY[(n, gemm_class(a, b))]
+
+
 def matmul(a, b):
     """The matrix product autograd uses for forward and backward: `np.matmul` semantics.
 
-    On the "c" backend with one OpenMP thread (`minitx_c.set_num_threads(1)` or
-    OMP_NUM_THREADS=1), float32 x float32 goes to `minitx_c.matmul`, the BLIS-style GEMM of
-    `minitx_c/gemm.pyx`: on the products of a GPT training step it is at parity with
-    single-threaded OpenBLAS and has less call overhead on small ones (benchmarks/gemm.py;
-    a default-GPT training step measured 1.01-1.08x). With more threads a training step was
-    measured 8-20% slower on it than on multi-threaded OpenBLAS, so there, as for other dtypes
-    and on the "numpy" backend, the product goes to `np.matmul`.
+    On the "c" backend a float32 x float32 product goes to `minitx_c.matmul` (the BLIS-style
+    GEMM of `minitx_c/gemm.pyx`) or to `np.matmul` (OpenBLAS) as GEMM_POLICY says for its
+    shape class and the thread count; other dtypes, and the "numpy" backend, use `np.matmul`.
 
     Args:
         a: (..., M, K) or (K,); b: (..., K, N) or (K,).
@@ -144,6 +181,12 @@ def matmul(a, b):
     """
     if (_active == "c" and type(a) is np.ndarray and type(b) is np.ndarray
             and a.dtype == np.float32 and b.dtype == np.float32 and a.ndim and b.ndim
-            and _C.get_num_threads() == 1):
+            and gemm_server(a, b) == "minitx"):
         return _C.matmul(a, b)
+    if (a.ndim > 2 and b.ndim == 2 and type(a) is np.ndarray and a.flags.c_contiguous
+            and a.shape[-1] == b.shape[0]):
+        # x @ W with x (..., K) C-ordered: one (rows, K) @ (K, N) product instead of NumPy's
+        # loop of one GEMM per leading index (MiniLM's fc, (32, 128, 384) @ (384, 1536):
+        # 34.5 ms instead of 43.1 ms on one OpenBLAS thread, CPU time).
+        return np.matmul(a.reshape(-1, a.shape[-1]), b).reshape(a.shape[:-1] + b.shape[1:])
     return np.matmul(a, b)
