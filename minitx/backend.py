@@ -16,16 +16,7 @@ import importlib
 import os
 import sys
 
-# OpenBLAS's worker threads spin for 2^28 cycles (~0.1 s) after each product before they sleep,
-# so in a training step, where a product comes every few ms, they never sleep and keep a core
-# busy while minitx_c's OpenMP kernels (attention, fused ops) want both cores. 2^4 cycles
-# makes them sleep at once (waking them costs microseconds per product). OpenBLAS reads this
-# when it loads, i.e. when NumPy is first imported: it takes effect when minitx is imported
-# before NumPy (`python -m minitx`, the benchmarks); an explicit setting wins.
-if "numpy" not in sys.modules:
-    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 # kernel name -> module of its NumPy reference. The Cython twin is `minitx_c.<name>`.
 TWINS = {
@@ -136,19 +127,26 @@ _init()
 
 
 # Which library serves a float32 product on the "c" backend, decided by measurement per shape
-# class and thread count (benchmarks/gemm_policy.py; figures in the notes of issue 15). The
-# classes are the products a Linear makes: forward x @ W^T (b a transposed view), input grad
-# dY @ W (b C-ordered), weight grad dY^T @ X (a a transposed view); "other" is everything
-# else (batched products, attention's naive path). On the Xeon (AVX-512) these were measured
-# on, OpenBLAS's AVX-512 SGEMM ran the GPT and MiniLM products at 1.5-2.1x the speed of
-# minitx_c.matmul's AVX2 micro-kernel on one thread (process CPU time, median of 5
-# interleaved pairs), and on two threads it also won; minitx_c.matmul stays the readable
-# BLIS kernel of tutorial 03 and serves on machines where it measures faster (edit the table).
+# class and thread count (benchmarks/gemm_policy.py: the products alone;
+# benchmarks/train_throughput.py: the training step). The classes are the products a Linear
+# makes: forward x @ W^T (b a transposed view), input grad dY @ W (b C-ordered), weight grad
+# dY^T @ X (a a transposed view); "other" is everything else that reaches backend.matmul.
+#   1 thread: OpenBLAS. On the Xeon (AVX-512) measured, OpenBLAS's AVX-512 SGEMM ran every GPT
+#     and MiniLM Linear product at 1.3-1.8x the speed of minitx_c.matmul's AVX2 micro-kernel
+#     (process CPU time, median of interleaved pairs: minitx/OpenBLAS 0.56-0.77).
+#   2 threads: minitx. Alone, OpenBLAS's products were again faster (wall time, loaded
+#     machine), but in a training step its worker threads spin for ~0.1 s after each product
+#     and take the second core from the OpenMP kernels (attention, fused ops) that follow;
+#     with the products on minitx_c's OpenMP threads (which sleep when idle,
+#     OMP_WAIT_POLICY=PASSIVE) one default-GPT step with the Cython attention took 487-514 ms
+#     against 822-1149 ms with OpenBLAS (same loaded machine, interleaved processes).
+# minitx_c.matmul stays the readable BLIS kernel of tutorial 03; on a machine that measures
+# differently, edit the table.
 GEMM_POLICY = {
     (1, "x@W^T"): "openblas", (1, "dY@W"): "openblas", (1, "dY^T@X"): "openblas",
     (1, "other"): "openblas",
-    (2, "x@W^T"): "openblas", (2, "dY@W"): "openblas", (2, "dY^T@X"): "openblas",
-    (2, "other"): "openblas",
+    (2, "x@W^T"): "minitx", (2, "dY@W"): "minitx", (2, "dY^T@X"): "minitx",
+    (2, "other"): "minitx",
 }
 
 
