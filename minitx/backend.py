@@ -190,7 +190,7 @@ def matmul(a, b):
             and gemm_server(a, b) == "minitx"):
         return _C.matmul(a, b)
     if (a.ndim > 2 and b.ndim == 2 and type(a) is np.ndarray and a.flags.c_contiguous
-            and a.shape[-1] == b.shape[0]):
+            and a.shape[-1] == b.shape[0] and a.shape[-1] > 0):
         # x @ W with x (..., K) C-ordered: one (rows, K) @ (K, N) product instead of NumPy's
         # loop of one GEMM per leading index (MiniLM's fc, (32, 128, 384) @ (384, 1536):
         # 34.5 ms instead of 43.1 ms on one OpenBLAS thread, CPU time).

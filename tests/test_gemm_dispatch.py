@@ -112,6 +112,9 @@ def test_folded_batch_product_equals_np_matmul():
         got = backend.matmul(x, W)
     assert got.shape == (3, 4, 5, 2)
     np.testing.assert_allclose(got, np.matmul(x, W), rtol=1e-5, atol=1e-6)
+    for a, b in ((np.ones((2, 3, 0), np.float32), np.ones((0, 4), np.float32)),   # K = 0
+                 (np.ones((2, 0, 3), np.float32), np.ones((3, 4), np.float32))):  # no rows
+        np.testing.assert_array_equal(backend.matmul(a, b), np.matmul(a, b))
 
 
 def _train_losses(steps):
