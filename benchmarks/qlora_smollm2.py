@@ -171,8 +171,15 @@ def main():
     ap.add_argument("--base", choices=["gguf", "float"], default="gguf",
                     help="gguf: the file's Q4_1 blocks (QLoRA); float: decoded (LoRA)")
     ap.add_argument("--checkpointing", action="store_true", help="activation checkpointing")
+    ap.add_argument("--memory", action="store_true",
+                    help="2 steps only, no validation or samples: the memory figures")
+    ap.add_argument("--memory-table", action="store_true",
+                    help="--memory for the gguf base, the float base and gguf + checkpointing, "
+                         "one process each, as one table")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
+    if args.memory_table:
+        return memory_table()
     from minitx import gguf
     from minitx import random as _random
     from minitx.lora import apply_lora, lora_parameters, trainable_parameters
@@ -189,7 +196,7 @@ def main():
     val_pairs = [p for p in pairs if is_validation(p[0], p[1])]
     train_ex = encode_pairs(tok, train_pairs, args.max_len, eos)
     val_ex = encode_pairs(tok, val_pairs, args.max_len, eos)
-    steps = 4 if args.quick else args.steps
+    steps = 2 if args.memory else 4 if args.quick else args.steps
     val_ex = val_ex[:8 if args.quick else args.val]
     print(f"pairs: {len(pairs)} functions from {len(MODULES)} modules; {len(train_ex)} train / "
           f"{len(val_ex)} validation examples within {args.max_len} tokens")
@@ -206,16 +213,18 @@ def main():
         checkpoint_modules(model.blocks)
     n_train, n_total = trainable_parameters(model)
     shown = [val_pairs[i] for i in np.linspace(0, len(val_pairs) - 1, 3).astype(int)]
+    if args.memory:
+        shown, val_ex = [], []
     before = [greedy(model, tok, prompt_text(*p[:3])) for p in shown]
     t0 = time.perf_counter()
-    loss_before = validation_loss(model, val_ex, eos)
+    loss_before = validation_loss(model, val_ex, eos) if val_ex else float("nan")
     eval_s = time.perf_counter() - t0
 
     tc = TrainConfig(max_steps=steps, batch_size=args.batch_size, lr=args.lr,
                      warmup=max(1, steps // 10), weight_decay=0.0, eval_interval=10 ** 9,
                      eval_iters=1, ckpt_interval=10 ** 9, log_interval=max(1, steps // 15),
                      seed=0)
-    val_ids = np.concatenate([ids for ids, _ in val_ex] * 4)
+    val_ids = np.concatenate([ids for ids, _ in (val_ex or train_ex[:8])] * 4)
     train_ids = np.concatenate([ids for ids, _ in train_ex])
     trainer = Trainer(model.train(), tc, train_ids, val_ids, None, trainable=lora_parameters,
                       sampler=PairSampler(train_ex, args.batch_size, 0, eos))
@@ -223,9 +232,10 @@ def main():
     result = trainer.fit()
     train_traced = tracemalloc.get_traced_memory()[1]
     model.eval()
-    loss_after = validation_loss(model, val_ex, eos)
+    loss_after = validation_loss(model, val_ex, eos) if val_ex else float("nan")
     after = [greedy(model, tok, prompt_text(*p[:3])) for p in shown]
-    res = {"base": args.base, "checkpointing": args.checkpointing, "steps": steps, "batch": args.batch_size, "r": args.r,
+    res = {"base": args.base, "checkpointing": args.checkpointing, "steps": steps,
+           "batch": args.batch_size, "r": args.r,
            "targets": args.targets, "lr": args.lr, "train_examples": len(train_ex),
            "val_examples": len(val_ex), "trainable": n_train, "total": n_total,
            "val_loss_before": loss_before, "val_loss_after": loss_after,
@@ -239,6 +249,25 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)
+
+
+def memory_table():
+    """Run --memory once per setting, each in a fresh process (so RSS peaks are its own)."""
+    import subprocess
+    import tempfile
+    settings = [("gguf", []), ("float", []), ("gguf", ["--checkpointing"])]
+    print("| base | trainable | traced peak, loading MiB | traced peak, 2 steps MiB | "
+          "RSS peak MiB | s/step |\n|---|--:|--:|--:|--:|--:|")
+    for base, extra in settings:
+        with tempfile.NamedTemporaryFile(suffix=".json") as f:
+            subprocess.run([sys.executable, os.path.abspath(__file__), "--memory", "--base", base,
+                            "--json", f.name, *extra], check=True, stdout=subprocess.DEVNULL)
+            r = json.load(open(f.name))
+        name = {"gguf": "Q4_1 blocks (QLoRA)", "float": "float32 (LoRA)"}[base] + \
+            (" + checkpointing" if extra else "")
+        print(f"| {name} | {r['trainable']:,} | {r['traced_peak_load_mib']:.1f} | "
+              f"{r['traced_peak_train_mib']:.1f} | {r['rss_peak_mib']:.1f} | "
+              f"{r['s_per_step']:.1f} |")
 
 
 def print_table(r):

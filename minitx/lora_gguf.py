@@ -30,7 +30,7 @@ import os
 import numpy as np
 
 from minitx import backend
-from minitx.autograd import Function, is_grad_enabled
+from minitx.autograd import Function
 from minitx.nn.modules import Module
 from minitx.quant import ggml as blocks
 from minitx.quant.ggml_types import ggml_type
