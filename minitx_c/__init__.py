@@ -6,6 +6,9 @@ MINITX_PURE=1 is set. Each name below has a NumPy twin listed in `minitx.backend
 from minitx_c.runtime import get_num_threads, have_openmp, set_num_threads
 from minitx_c.fused import layer_norm_backward, layer_norm_forward, softmax_lastdim
 from minitx_c.fused_ops import adamw_step, cross_entropy_fused
+from minitx_c.fused_act import (embedding_backward, erf, gelu_backward, gelu_forward,
+                                rms_norm_backward, rms_norm_forward, silu_backward,
+                                silu_forward)
 from minitx_c.gemm import matmul
 from minitx_c.qgemm import linear_w4, linear_w8, matmul_int8
 from minitx_c.flash import flash2_backward, flash2_forward

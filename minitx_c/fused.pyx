@@ -1,7 +1,8 @@
 # cython: boundscheck=False, cdivision=True, initializedcheck=False
 # wraparound stays on at module level: the def wrappers index Python tuples with -1.
 # Each nogil kernel turns it off with @cython.wraparound(False).
-"""Cython twins of `minitx/kernels/fused.py`: row-wise softmax and LayerNorm.
+"""Cython twins of `minitx/kernels/fused.py`: row-wise softmax and LayerNorm (row sums and the
+LayerNorm row loops in rowsum.h, written so gcc vectorises them).
 
 Same names, signatures and steps as the NumPy reference; rows run in parallel (OpenMP prange)
 when the build has OpenMP. Inputs are validated by the reference's own checks, and made
@@ -17,6 +18,26 @@ from libc.math cimport NAN, exp, sqrt
 from minitx_c.runtime cimport num_threads
 from minitx.kernels.fused import (check_float, check_layer_norm_backward,
                                   check_layer_norm_forward)
+
+cdef extern from "rowsum.h" nogil:      # row sums in double, 8 interleaved partial sums
+    double mtx_sum_f32(const float *x, Py_ssize_t n)
+    double mtx_sum_f64(const double *x, Py_ssize_t n)
+    double mtx_sumsq_dev_f32(const float *x, double mu, Py_ssize_t n)
+    double mtx_sumsq_dev_f64(const double *x, double mu, Py_ssize_t n)
+    double mtx_dot_f32(const float *dy, const float *w, Py_ssize_t n)
+    double mtx_dot_f64(const double *dy, const double *w, Py_ssize_t n)
+    double mtx_dot_dev_f32(const float *dy, const float *w, const float *x, double mu,
+                           Py_ssize_t n)
+    double mtx_dot_dev_f64(const double *dy, const double *w, const double *x, double mu,
+                           Py_ssize_t n)
+    void mtx_ln_dx_f32(const float *dy, const float *x, const float *w, double mean, double rstd,
+                       double g_mean, double gx_mean, float *dx, Py_ssize_t n)
+    void mtx_ln_dx_f64(const double *dy, const double *x, const double *w, double mean,
+                       double rstd, double g_mean, double gx_mean, double *dx, Py_ssize_t n)
+    void mtx_ln_params_f32(const float *dy, const float *x, float mean, float rstd, float *dw,
+                           float *db, Py_ssize_t n)
+    void mtx_ln_params_f64(const double *dy, const double *x, double mean, double rstd,
+                           double *dw, double *db, Py_ssize_t n)
 
 cnp.import_array()
 
@@ -84,18 +105,15 @@ cdef void _ln_fwd_rows(const real[:, ::1] x, const real[::1] w, const real[::1] 
                        bint has_b, double eps, real[:, ::1] y, real[::1] mean,
                        real[::1] rstd, int nt) noexcept nogil:
     cdef Py_ssize_t R = x.shape[0], C = x.shape[1], r, j
-    cdef double mu, var, d, rs
+    cdef double mu, var, rs
     cdef real v
     for r in prange(R, schedule="static", num_threads=nt):
-        mu = 0
-        for j in range(C):
-            mu = mu + x[r, j]
-        mu = mu / C                                # mean
-        var = 0
-        for j in range(C):
-            d = x[r, j] - mu
-            var = var + d * d
-        var = var / C                              # biased variance
+        if real is float:
+            mu = mtx_sum_f32(&x[r, 0], C) / C                       # mean
+            var = mtx_sumsq_dev_f32(&x[r, 0], mu, C) / C            # biased variance
+        else:
+            mu = mtx_sum_f64(&x[r, 0], C) / C
+            var = mtx_sumsq_dev_f64(&x[r, 0], mu, C) / C
         rs = 1 / sqrt(var + eps)                   # rstd
         for j in range(C):
             v = <real>((x[r, j] - mu) * rs)        # xhat
@@ -141,34 +159,36 @@ def layer_norm_forward(x, weight, bias, eps):
 
 @cython.wraparound(False)
 cdef void _ln_bwd_rows(const real[:, ::1] dy, const real[:, ::1] x, const real[::1] w,
-                       bint has_w, const real[::1] mean, const real[::1] rstd,
-                       real[:, ::1] dx, int nt) noexcept nogil:
-    cdef Py_ssize_t R = x.shape[0], C = x.shape[1], r, j
-    cdef double g_mean, gx_mean, g, xhat
+                       const real[::1] mean, const real[::1] rstd, real[:, ::1] dx,
+                       int nt) noexcept nogil:
+    cdef Py_ssize_t R = x.shape[0], C = x.shape[1], r
+    cdef double g_mean, gx_mean
     for r in prange(R, schedule="static", num_threads=nt):
-        g_mean = 0
-        gx_mean = 0
-        for j in range(C):
-            g = dy[r, j] * w[j] if has_w else dy[r, j]
-            xhat = (x[r, j] - mean[r]) * rstd[r]
-            g_mean = g_mean + g
-            gx_mean = gx_mean + g * xhat
+        if real is float:                         # sums of g = dy w and of g xhat
+            g_mean = mtx_dot_f32(&dy[r, 0], &w[0], C)
+            gx_mean = mtx_dot_dev_f32(&dy[r, 0], &w[0], &x[r, 0], mean[r], C) * rstd[r]
+        else:
+            g_mean = mtx_dot_f64(&dy[r, 0], &w[0], C)
+            gx_mean = mtx_dot_dev_f64(&dy[r, 0], &w[0], &x[r, 0], mean[r], C) * rstd[r]
         g_mean = g_mean / C
         gx_mean = gx_mean / C
-        for j in range(C):                        # dx = rstd * (g - mean(g) - xhat*mean(g*xhat))
-            g = dy[r, j] * w[j] if has_w else dy[r, j]
-            xhat = (x[r, j] - mean[r]) * rstd[r]
-            dx[r, j] = <real>((g - g_mean - xhat * gx_mean) * rstd[r])
+        if real is float:                         # dx = rstd * (g - mean(g) - xhat*mean(g*xhat))
+            mtx_ln_dx_f32(&dy[r, 0], &x[r, 0], &w[0], mean[r], rstd[r], g_mean, gx_mean,
+                          &dx[r, 0], C)
+        else:
+            mtx_ln_dx_f64(&dy[r, 0], &x[r, 0], &w[0], mean[r], rstd[r], g_mean, gx_mean,
+                          &dx[r, 0], C)
 
 
 @cython.wraparound(False)
 cdef void _ln_bwd_params(const real[:, ::1] dy, const real[:, ::1] x, const real[::1] mean,
                          const real[::1] rstd, real[::1] dw, real[::1] db) noexcept nogil:
-    cdef Py_ssize_t R = x.shape[0], C = x.shape[1], r, j
+    cdef Py_ssize_t R = x.shape[0], C = x.shape[1], r
     for r in range(R):                            # serial over rows, vector over C
-        for j in range(C):
-            dw[j] += dy[r, j] * (x[r, j] - mean[r]) * rstd[r]
-            db[j] += dy[r, j]
+        if real is float:                         # dw += dy xhat, db += dy
+            mtx_ln_params_f32(&dy[r, 0], &x[r, 0], mean[r], rstd[r], &dw[0], &db[0], C)
+        else:
+            mtx_ln_params_f64(&dy[r, 0], &x[r, 0], mean[r], rstd[r], &dw[0], &db[0], C)
 
 
 def layer_norm_backward(dy, x, weight, mean, rstd):
@@ -189,12 +209,12 @@ def layer_norm_backward(dy, x, weight, mean, rstd):
     dx = np.empty_like(x2)
     dw = np.zeros(C, dtype=x.dtype)
     db = np.zeros(C, dtype=x.dtype)
-    w = _vec(weight) if weight is not None else np.zeros(1, dtype=x.dtype)
+    w = _vec(weight) if weight is not None else np.ones(C, dtype=x.dtype)   # g = dy * 1
     if R > 0 and C > 0:
         if x2.dtype == np.float32:
-            _ln_bwd_rows[float](dy2, x2, w, weight is not None, m, rs, dx, num_threads())
+            _ln_bwd_rows[float](dy2, x2, w, m, rs, dx, num_threads())
             _ln_bwd_params[float](dy2, x2, m, rs, dw, db)
         else:
-            _ln_bwd_rows[double](dy2, x2, w, weight is not None, m, rs, dx, num_threads())
+            _ln_bwd_rows[double](dy2, x2, w, m, rs, dx, num_threads())
             _ln_bwd_params[double](dy2, x2, m, rs, dw, db)
     return dx.reshape(x.shape), (dw if weight is not None else None), db

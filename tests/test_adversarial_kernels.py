@@ -246,7 +246,8 @@ def test_every_c_entry_point_is_registered():
     import importlib
     import minitx_c
     from adversarial import _resolve
-    for other in ("test_attention_sparse_adversarial", "test_fused_ops", "test_gguf_kernels"):
+    for other in ("test_attention_sparse_adversarial", "test_fused_ops", "test_fused_act",
+                  "test_gguf_kernels"):
         importlib.import_module(other)          # they register their kernels when imported
     registered = [_resolve(k.c) for k in KERNELS.values()]
     missing = []

@@ -1,14 +1,14 @@
 """Neural-network functions with hand-written backward passes (`import minitx.nn.functional as F`).
 
 Each fused op is a `Function` whose forward and backward stand together; names and arguments
-follow `torch.nn.functional`. Row-wise kernels (softmax, LayerNorm) dispatch through
+follow `torch.nn.functional`. Row-wise and elementwise kernels (softmax, GELU, SiLU, the embedding
+backward; LayerNorm and RMSNorm in normalization.py) dispatch through
 `minitx.backend` to the Cython twins when they are built.
 
 References: GELU, Hendrycks & Gimpel 2016 (arXiv 1606.08415); RMSNorm, Zhang & Sennrich 2019
 (arXiv 1910.07467); SiLU/Swish, Ramachandran et al. 2017 (arXiv 1710.05941); dropout,
 Srivastava et al. 2014 (JMLR 15).
 """
-import math
 
 import numpy as np
 
@@ -60,22 +60,8 @@ class _Embedding(Function):
         return weight[idx]                                        # (..., D)
 
     @staticmethod
-    def backward(ctx, g):
-        return None, _scatter_add_rows(ctx.idx.reshape(-1), g.reshape(-1, ctx.shape[1]),
-                                       ctx.shape[0])
-
-
-def _scatter_add_rows(idx, rows, n):
-    """out[i] = sum of rows[j] with idx[j] == i, for i < n: a sort, then one segmented sum
-    (np.add.reduceat), much faster than np.add.at's element-by-element scatter."""
-    out = np.zeros((n, rows.shape[1]), dtype=rows.dtype)          # (V, D)
-    if idx.size == 0:
-        return out
-    order = np.argsort(idx, kind="stable")
-    sorted_idx = idx[order]
-    ids, starts = np.unique(sorted_idx, return_index=True)
-    out[ids] = np.add.reduceat(rows[order], starts, axis=0)
-    return out
+    def backward(ctx, g):                         # dW[v] = sum of g rows with id v, in order
+        return None, backend.kernel("embedding_backward")(ctx.idx, g, ctx.shape[0])
 
 
 def embedding(input, weight):
@@ -220,67 +206,21 @@ layer_norm, rms_norm = _normalization.layer_norm, _normalization.rms_norm      #
 
 
 # ============================== activations ==================================================
-def _erf(x):
-    """erf elementwise: exact (math.erf) in float64; in float32 the Chebyshev-fitted erfc of
-    Numerical Recipes (2nd ed., sec. 6.2, fractional error < 1.2e-7, below float32 epsilon)."""
-    if x.dtype == np.float64:
-        return _erf64(x)
-    z = np.abs(x)
-    t = 1.0 / (1.0 + 0.5 * z)
-    poly = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (
-        -0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (
-            -0.82215223 + t * 0.17087277))))))))
-    erfc = t * np.exp(-z * z + poly)
-    return np.where(x >= 0, 1.0 - erfc, erfc - 1.0).astype(x.dtype)
-
-
-_math_erf = np.frompyfunc(math.erf, 1, 1)
-
-
-def _erf64(x):
-    return np.asarray(_math_erf(x), dtype=np.float64)
-
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-
-
 class _Gelu(Function):
+    """GELU; the kernels gelu_forward / gelu_backward (minitx/kernels/fused_act.py) hold the
+    formulas: the forward returns Phi(x) (or tanh u) for the backward, which is one pass."""
     @staticmethod
     def forward(ctx, x, approximate):
         ctx.approximate = approximate
-        if approximate == "tanh":       # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
-            c = x.dtype.type(_SQRT_2_OVER_PI)
-            u = np.multiply(x, x, out=np.empty_like(x))  # in-place steps: one buffer, not six
-            u *= 0.044715 * c
-            u += c
-            u *= x                                      # u = sqrt(2/pi) (x + 0.044715 x^3)
-            th = np.tanh(u, out=u)
-            ctx.save_for_backward(x, th)
-            out = th + 1
-            out *= x
-            out *= 0.5
-            return out
-        cdf = 0.5 * (1 + _erf(x / math.sqrt(2)))               # Phi(x)
-        ctx.save_for_backward(x, cdf)
-        return x * cdf
+        y, saved = backend.kernel("gelu_forward")(x, approximate)          # GELU(x), Phi or tanh
+        ctx.save_for_backward(x, saved)
+        return y
 
     @staticmethod
     def backward(ctx, g):
         x, saved = ctx.saved_tensors
-        if ctx.approximate == "tanh":   # d/dx = 0.5 (1 + th) + 0.5 x (1 - th^2) du/dx
-            th, c = saved, x.dtype.type(_SQRT_2_OVER_PI)
-            du = x * x
-            du *= 3 * 0.044715 * c
-            du += c                                     # du/dx = sqrt(2/pi) (1 + 3 0.044715 x^2)
-            d = th * th
-            d -= 1
-            d *= du
-            d *= x                                      # -x (1 - th^2) du/dx
-            d -= th
-            d -= 1
-            d *= -0.5 * g                               # 0.5 (1 + th + x (1 - th^2) du/dx) g
-            return d
-        pdf = np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)  # d/dx = Phi(x) + x phi(x)
-        return (g * (saved + x * pdf)).astype(x.dtype, copy=False)
+        return backend.kernel("gelu_backward")(np.asarray(g, dtype=x.dtype), x, saved,
+                                               ctx.approximate)
 
 
 def gelu(input, approximate="none"):
@@ -291,16 +231,17 @@ def gelu(input, approximate="none"):
 
 
 class _Silu(Function):
+    """x sigmoid(x); the kernels silu_forward / silu_backward (minitx/kernels/fused_act.py)."""
     @staticmethod
     def forward(ctx, x):
-        s = 1.0 / (1.0 + np.exp(-x))
+        y, s = backend.kernel("silu_forward")(x)                            # x s, s = sigmoid(x)
         ctx.save_for_backward(x, s)
-        return x * s
+        return y
 
     @staticmethod
     def backward(ctx, g):
-        x, s = ctx.saved_tensors
-        return g * s * (1 + x * (1 - s))
+        x, s = ctx.saved_tensors                                            # g s (1 + x (1 - s))
+        return backend.kernel("silu_backward")(np.asarray(g, dtype=x.dtype), x, s)
 
 
 def silu(input):

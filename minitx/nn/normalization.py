@@ -67,23 +67,20 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
 
 
 class _RMSNorm(Function):
-    """y = x / sqrt(mean(x^2) + eps) * w (Zhang & Sennrich 2019, eq. 4)."""
+    """y = x / sqrt(mean(x^2) + eps) * w (Zhang & Sennrich 2019, eq. 4); the row kernels
+    rms_norm_forward / _backward are in minitx/kernels/fused_act.py (Cython twins when built)."""
     @staticmethod
     def forward(ctx, x, weight, eps):
-        rrms = 1.0 / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps)    # (..., 1)
-        xhat = x * rrms                                                      # (..., C)
-        ctx.save_for_backward(xhat, rrms, weight)
-        return xhat * weight if weight is not None else xhat
+        y, rrms = backend.kernel("rms_norm_forward")(x, weight, eps)       # (..., C), (...,)
+        ctx.save_for_backward(x, weight, rrms)
+        return y
 
     @staticmethod
     def backward(ctx, g):
-        xhat, rrms, weight = ctx.saved_tensors
-        gx = g * weight if weight is not None else g                         # dL/dxhat
-        dx = rrms * (gx - xhat * (gx * xhat).mean(axis=-1, keepdims=True))
-        dw = None
-        if weight is not None and ctx.needs_input_grad[1]:
-            dw = (g * xhat).reshape(-1, xhat.shape[-1]).sum(axis=0)
-        return dx, dw, None
+        x, weight, rrms = ctx.saved_tensors
+        dx, dw = backend.kernel("rms_norm_backward")(np.asarray(g, dtype=x.dtype), x, weight,
+                                                     rrms)
+        return dx, (dw if ctx.needs_input_grad[1] else None), None
 
 
 def rms_norm(input, normalized_shape, weight=None, eps=None):
