@@ -1,13 +1,14 @@
 """MiniLM `encode` against PyTorch + transformers: 256 sentences, 1 thread, CPU and wall time.
 
     python benchmarks/minilm_encode.py [--torch-python /work/venvs/hf/bin/python]
-        [--rounds 3] [--repeats 3] [--threads 1] [--backends c,numpy] [--profile]
+        [--rounds 3] [--repeats 1] [--threads 1] [--backends c] [--profile]
 
 Two sets of 256 sentences, made from a fixed word list with seed 0: `mixed` (4-160 words each)
 and `long` (100-200 words, truncated at 256 tokens). Each measurement is a separate process
 with OMP_NUM_THREADS = OPENBLAS_NUM_THREADS = --threads set before NumPy / torch load, and
-times `--repeats` calls of encode(256 sentences, batch 32) after one warm-up call; a process
-reports the median of the repeats. Rounds interleave minitx and PyTorch, so a load change on
+times `--repeats` calls of encode(256 sentences, batch 32) after a warm-up call on the first
+batch; a process reports the median of the repeats. The defaults take about 3-4 minutes on a
+quiet 2-core machine (`--backends c,numpy` adds the NumPy reference, about 2 more). Rounds interleave minitx and PyTorch, so a load change on
 a shared machine hits both; the table gives medians over rounds and the median of the
 per-round ratios (PyTorch time / minitx time: above 1 means minitx is faster). On one thread
 the ratio of process CPU times is the one to read on a loaded machine (wall time includes
@@ -62,9 +63,9 @@ def _args(argv=None):
     p.add_argument("--torch-python", default=None,
                    help="interpreter of a venv with torch + transformers (default: none)")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--backends", default="c,numpy", help="minitx backends to time")
+    p.add_argument("--backends", default="c", help="minitx backends to time, e.g. c,numpy")
     p.add_argument("--sets", default="mixed,long")
     p.add_argument("--profile", action="store_true", help="print minitx.profiler tables")
     p.add_argument("--child", choices=("minitx", "torch", "profile"), help=argparse.SUPPRESS)
@@ -118,13 +119,13 @@ def child(a):
     if a.child == "profile":
         import minitx
         _, encode = _minitx_encoder()
-        encode(sents)
+        encode(sents[:BATCH])                                         # warm-up
         with minitx.profiler.profile() as prof:
             encode(sents)
         print(prof.table(sort_by="total", row_limit=16))
         return 0
     encode = _minitx_encoder()[1] if a.child == "minitx" else _torch_encoder(a.threads)
-    emb = encode(sents)                                               # warm-up
+    encode(sents[:BATCH])                                             # warm-up
     walls, cpus = [], []
     for _ in range(a.repeats):
         w, c = time.perf_counter(), time.process_time()
