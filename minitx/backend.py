@@ -33,6 +33,8 @@ TWINS = {
     "rms_norm_forward": "minitx.kernels.fused_act",
     "rms_norm_backward": "minitx.kernels.fused_act",
     "embedding_backward": "minitx.kernels.fused_act",
+    "bias_gelu_forward": "minitx.kernels.fused_bias",
+    "bias_gelu_backward": "minitx.kernels.fused_bias",
     "matmul": "minitx.kernels.gemm",
     "matmul_int8": "minitx.kernels.int8",
     "linear_w8": "minitx.kernels.int8",

@@ -20,6 +20,7 @@ from minitx_c.runtime cimport num_threads
 from minitx.kernels.fused_act import (check_approximate, check_backward, check_elementwise,
                                       check_embedding_backward, check_rms_norm_backward,
                                       check_rms_norm_forward)
+from minitx.kernels.fused_bias import check_bias_gelu_backward, check_bias_gelu_forward
 
 cnp.import_array()
 
@@ -369,3 +370,82 @@ def embedding_backward(idx, dy, num_embeddings):
         else:
             _emb_bwd[double](ids, rows, out, seen)
     return out
+
+
+# ------------------------------------------------------------------ bias + GELU
+cdef void _bias_block32(fwd_f32 fn, const float *x, const float *b, Py_ssize_t C, float *h,
+                        float *y, float *t, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    """Rows [r0, r1): h = x + b, then the GELU loop on those rows while h is in cache."""
+    cdef Py_ssize_t r, j
+    for r in range(r0, r1):
+        for j in range(C):
+            h[r * C + j] = x[r * C + j] + b[j]
+    fn(h + r0 * C, y + r0 * C, t + r0 * C, (r1 - r0) * C)
+
+
+cdef void _bias_fwd32(fwd_f32 fn, const float *x, const float *b, Py_ssize_t C, float *h,
+                      float *y, float *t, Py_ssize_t rows) noexcept nogil:
+    cdef Py_ssize_t rb = max(1, BLOCK // C), nb = (rows + rb - 1) // rb, k
+    cdef int nt = _threads(rows * C)
+    if nt == 1:
+        for k in range(nb):
+            _bias_block32(fn, x, b, C, h, y, t, k * rb, min(rows, k * rb + rb))
+        return
+    for k in prange(nb, schedule="static", num_threads=nt):
+        _bias_block32(fn, x, b, C, h, y, t, k * rb, min(rows, k * rb + rb))
+
+
+@cython.wraparound(False)
+cdef void _colsum(const real[:, ::1] a, double[::1] acc) noexcept nogil:
+    """acc[j] += a[r, j] for every row r, in row order (as NumPy's axis-0 reduce)."""
+    cdef Py_ssize_t r, j
+    for r in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            acc[j] += a[r, j]
+
+
+def bias_gelu_forward(x, bias, approximate="none"):
+    """GELU(x + bias) (twin of minitx/kernels/fused_bias.py).
+
+    Args:
+        x: (..., C) float32/float64; bias: (C,) of x's dtype; approximate: "none" or "tanh".
+    Returns:
+        y, h = x + bias, t (Phi(h) or tanh u), all (..., C). float32: one blocked pass; float64:
+        the add, then the GELU kernel.
+    """
+    check_bias_gelu_forward(x, bias, approximate)
+    xf = _flat(x)
+    if x.dtype != np.float32 or xf.shape[0] == 0:
+        h = np.add(x, bias)
+        y, t = gelu_forward(h, approximate)
+        return y, h, t
+    bf = _flat(bias)
+    cdef Py_ssize_t C = x.shape[x.ndim - 1], rows = xf.shape[0] // C
+    h, y, t = np.empty_like(xf), np.empty_like(xf), np.empty_like(xf)
+    cdef const float[::1] x32 = xf, b32 = bf
+    cdef float[::1] h32 = h, y32 = y, t32 = t
+    cdef fwd_f32 fn = mtx_gelu_tanh_fwd_f32 if approximate == "tanh" else mtx_gelu_erf_fwd_f32
+    with nogil:
+        _bias_fwd32(fn, &x32[0], &b32[0], C, &h32[0], &y32[0], &t32[0], rows)
+    return y.reshape(x.shape), h.reshape(x.shape), t.reshape(x.shape)
+
+
+def bias_gelu_backward(dy, h, saved, approximate="none"):
+    """dx and db of bias_gelu_forward (twin of minitx/kernels/fused_bias.py).
+
+    Args:
+        dy, h, saved: (..., C), one dtype (h, saved from the forward); approximate: as there.
+    Returns:
+        dx (..., C); db (C,) = dx's column sums, accumulated in double in row order.
+    """
+    check_bias_gelu_backward(dy, h, saved, approximate)
+    dx = gelu_backward(dy, h, saved, approximate)
+    cdef Py_ssize_t C = h.shape[h.ndim - 1]
+    acc = np.zeros(C, dtype=np.float64)
+    rows = np.ascontiguousarray(dx).reshape(-1, C) if C else None
+    if C and rows.shape[0]:
+        if dx.dtype == np.float32:
+            _colsum[float](rows, acc)
+        else:
+            _colsum[double](rows, acc)
+    return dx, acc.astype(h.dtype)

@@ -244,7 +244,8 @@ def gelu_backward(dy, x, saved, approximate="none"):
     check_approximate(approximate)
     if approximate == "tanh":                     # d/dx = ((1 + th) + x (1 - th^2) du/dx) / 2
         th, c = saved, x.dtype.type(SQRT_2_OVER_PI)
-        du = x * x
+        with np.errstate(over="ignore"):          # x^2 capped: where it would overflow,
+            du = np.minimum(x * x, x.dtype.type(1e30))    # 1 - th^2 is 0 (as in the C kernel)
         du *= 3 * GELU_TANH_C * c
         du += c                                   # du/dx = sqrt(2/pi) (1 + 3 0.044715 x^2)
         d = th * th
@@ -255,12 +256,13 @@ def gelu_backward(dy, x, saved, approximate="none"):
         d -= 1
         d *= -0.5 * dy                            # ((1 + th) + x (1 - th^2) du/dx) / 2 * dy
         return _array(d, x.dtype)
-    with np.errstate(under="ignore"):     # in x's dtype: float32 stays float32 (C: double)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):   # as the C kernel:
+        # in x's dtype (float32 stays float32; C: double); x^2 -> inf, inf * 0 -> NaN silently
         pdf = np.multiply(x, x, out=np.empty_like(x))
         pdf *= x.dtype.type(-0.5)
         pdf = np.exp(pdf, out=pdf)
         pdf *= x.dtype.type(1 / math.sqrt(2 * math.pi))   # phi(x)
-    pdf *= x
+        pdf *= x
     pdf += saved
     pdf *= dy
     return _array(pdf, x.dtype)                           # dy (Phi(x) + x phi(x))
