@@ -37,6 +37,8 @@ TWINS = {
     "bias_gelu_backward": "minitx.kernels.fused_bias",
     "add_layer_norm_forward": "minitx.kernels.fused_residual",
     "add_layer_norm_backward": "minitx.kernels.fused_residual",
+    "add_rms_norm_forward": "minitx.kernels.fused_residual",
+    "add_rms_norm_backward": "minitx.kernels.fused_residual",
     "matmul": "minitx.kernels.gemm",
     "matmul_int8": "minitx.kernels.int8",
     "linear_w8": "minitx.kernels.int8",

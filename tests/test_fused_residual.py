@@ -1,4 +1,5 @@
-"""Residual add + LayerNorm (minitx/kernels/fused_residual.py, minitx_c/fused.pyx): the twin
+"""Residual add + LayerNorm / RMSNorm (minitx/kernels/fused_residual.py, minitx_c/fused.pyx and
+fused_act.pyx): the twin
 against the float64 formula, the C kernel against the twin on both backends, the same errors on
 both backends, adversarial layouts."""
 import numpy as np
@@ -75,6 +76,51 @@ def test_add_layer_norm_kernel_equals_twin(on_backend, case, affine, with_ds):
         _close(g, want, TOL_ROWS, x.dtype, f"add_layer_norm {what}")
 
 
+def _rms_norm64(s, w, dy, ds):
+    """y and the gradients of RMSNorm(s) (+ ds) in float64, from the definition."""
+    s, dy = s.astype(np.float64), dy.astype(np.float64)
+    r = 1 / np.sqrt((s * s).mean(axis=-1, keepdims=True) + EPS)
+    xhat = s * r
+    g = dy * w
+    dx = r * (g - xhat * (g * xhat).mean(axis=-1, keepdims=True))
+    return xhat * w, dx + ds, (dy * xhat).reshape(-1, s.shape[-1]).sum(0)
+
+
+@given(_case())
+@settings(deadline=None)
+def test_add_rms_norm_twin_is_the_formula(case):
+    x, r, w, _, dy, ds = case
+    s, y, rrms = fused_residual.add_rms_norm_forward(x, r, w, EPS)
+    dx, dw = fused_residual.add_rms_norm_backward(dy, ds, s, w, rrms)
+    np.testing.assert_array_equal(s, x + r)
+    for got, want, what in zip((y, dx, dw), _rms_norm64(s, w, dy, ds), ("y", "dx", "dw")):
+        assert got.dtype == x.dtype
+        _close(got, want, TOL_ROWS, x.dtype, f"add_rms_norm {what}")
+
+
+@given(_case(), st.booleans(), st.booleans())
+@settings(deadline=None)
+def test_add_rms_norm_kernel_equals_twin(on_backend, case, affine, with_ds):
+    x, r, w, _, dy, ds = case
+    w = w if affine else None
+    ds = ds if with_ds else None
+    got = backend.kernel("add_rms_norm_forward")(x, r, w, EPS)
+    ref = fused_residual.add_rms_norm_forward(x, r, w, EPS)
+    np.testing.assert_array_equal(got[0], ref[0])           # s: one IEEE add either way
+    for g, want, what in zip(got[1:], ref[1:], ("y", "rrms")):
+        assert g.shape == want.shape and g.dtype == x.dtype
+        if want.size:
+            _close(g, want, TOL_ROWS, x.dtype, f"add_rms_norm {what}")
+    gb = backend.kernel("add_rms_norm_backward")(dy, ds, ref[0], w, ref[2])
+    rb = fused_residual.add_rms_norm_backward(dy, ds, ref[0], w, ref[2])
+    for g, want, what in zip(gb, rb, ("dx", "dweight")):
+        if want is None:
+            assert g is None
+            continue
+        assert g.shape == want.shape and g.dtype == x.dtype
+        _close(g, want, TOL_ROWS, x.dtype, f"add_rms_norm {what}")
+
+
 BAD_CALLS = [
     ("add_layer_norm_forward", lambda: (np.zeros((2, 3), np.float32), np.zeros((2, 4), np.float32),
                                         None, None, EPS), ValueError),
@@ -86,6 +132,13 @@ BAD_CALLS = [
                                          np.zeros((2, 3), np.float32), None,
                                          np.zeros(2, np.float32), np.ones(2, np.float32)),
      ValueError),
+    ("add_rms_norm_forward", lambda: (np.zeros((2, 3), np.float32), np.zeros((3, 3), np.float32),
+                                      None, EPS), ValueError),
+    ("add_rms_norm_forward", lambda: (np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float32),
+                                      None, -1.0), ValueError),
+    ("add_rms_norm_backward", lambda: (np.zeros((2, 3), np.float32), np.zeros((2, 3), np.int64),
+                                       np.zeros((2, 3), np.float32), None,
+                                       np.ones(2, np.float32)), TypeError),
 ]
 
 
@@ -110,6 +163,20 @@ def make_add_ln_backward(rng, shape, dtype=np.float32, affine=True):
                 weight=kw["weight"], mean=mean, rstd=rstd)
 
 
+def make_add_rms_forward(rng, shape, dtype=np.float32, affine=True):
+    kw = make_add_ln_forward(rng, shape, dtype, affine)
+    del kw["bias"]
+    return kw
+
+
+def make_add_rms_backward(rng, shape, dtype=np.float32, affine=True):
+    kw = make_add_rms_forward(rng, shape, dtype, affine)
+    with np.errstate(all="ignore"):
+        s, _, rrms = fused_residual.add_rms_norm_forward(**kw)
+    return dict(dy=_randn(rng, shape, dtype), ds=_randn(rng, shape, dtype), s=s,
+                weight=kw["weight"], rrms=rrms)
+
+
 DIMS = [dict(shape=(4, 7)), dict(shape=(2, 3, 5), dtype=np.float64), dict(shape=(0, 7)),
         dict(shape=(7,)), dict(shape=(3, 6), affine=False)]
 ADVERSARIAL = [
@@ -118,6 +185,12 @@ ADVERSARIAL = [
            dims=DIMS, tol=TOL_ROWS),
     Kernel("add_layer_norm_backward", c="minitx_c:add_layer_norm_backward",
            twin="minitx.kernels.fused_residual:add_layer_norm_backward", make=make_add_ln_backward,
+           dims=DIMS, tol=TOL_ROWS),
+    Kernel("add_rms_norm_forward", c="minitx_c:add_rms_norm_forward",
+           twin="minitx.kernels.fused_residual:add_rms_norm_forward", make=make_add_rms_forward,
+           dims=DIMS, tol=TOL_ROWS),
+    Kernel("add_rms_norm_backward", c="minitx_c:add_rms_norm_backward",
+           twin="minitx.kernels.fused_residual:add_rms_norm_backward", make=make_add_rms_backward,
            dims=DIMS, tol=TOL_ROWS),
 ]
 for _k in ADVERSARIAL:
