@@ -27,11 +27,16 @@ from minitx.kernels import fused_act as fa
 rng = np.random.default_rng(0)
 x = (rng.standard_normal(1 << 20) * 2).astype(np.float32)
 g = rng.standard_normal(1 << 20).astype(np.float32)
-res = {k: [] for k in ("old_fwd", "new_fwd", "old_bwd", "new_bwd")}
-_, so = old_fwd(x); _, sn = fa.gelu_forward(x, "none")
+_, so = old_fwd(x)
+_, sn = fa.gelu_forward(x, "none")
+cases = {"old_fwd": lambda: old_fwd(x), "new_fwd": lambda: fa.gelu_forward(x, "none"),
+         "old_bwd": lambda: old_bwd(g, x, so), "new_bwd": lambda: fa.gelu_backward(g, x, sn, "none")}
+res = {k: [] for k in cases}
 for r in range(int(sys.argv[2]) if len(sys.argv) > 2 else 7):
-    for k, f in (("old_fwd", lambda: old_fwd(x)), ("new_fwd", lambda: fa.gelu_forward(x, "none")),
-                 ("old_bwd", lambda: old_bwd(g, x, so)), ("new_bwd", lambda: fa.gelu_backward(g, x, sn, "none"))):
-        t = time.process_time(); f(); res[k].append(time.process_time() - t)
+    for k, f in cases.items():
+        t = time.process_time()
+        f()
+        res[k].append(time.process_time() - t)
 for k, v in res.items():
-    v = sorted(v); print(f"{k}: min {v[0]*1e3:.1f} ms  median {v[len(v)//2]*1e3:.1f} ms")
+    v = sorted(v)
+    print(f"{k}: min {v[0] * 1e3:.1f} ms  median {v[len(v) // 2] * 1e3:.1f} ms")
