@@ -18,7 +18,7 @@ DTYPES = (np.float32, np.float64)
 # result dtype -> (rtol, atol), relative to the largest |value| of the compared array.
 # twin vs float64 formula: float32 rounding of a handful of steps (the tanh twin runs in float32).
 TOL_FORMULA = {np.float32: (2e-6, 2e-6), np.float64: (1e-12, 1e-13)}
-# C kernel vs twin: the C kernel computes float32 in double, the tanh twin in float32.
+# C kernel vs twin: the C kernel computes float32 in double, the GELU twins in float32.
 TOL_TWIN = {np.float32: (2e-6, 2e-6), np.float64: (1e-12, 1e-13)}
 # rows (RMSNorm): float32 sums in a different order
 TOL_ROWS = {np.float32: (2e-5, 2e-6), np.float64: (1e-12, 1e-13)}
