@@ -140,6 +140,19 @@ def test_gelu_kernel_equals_twin(on_backend, approximate, case):
         _close(got, ref, TOL_TWIN, x.dtype, f"gelu {approximate} {what}")
 
 
+def test_exact_gelu_tails_elementwise(on_backend):
+    """Per element, not scaled by the array's largest value: far in the negative tail GELU is
+    about 0 (not x times a leftover erfc), far in the positive tail it is x. Below -4 sqrt 2
+    the kernels take erfc as 0 (Phi < 7.7e-9 there), hence the 5e-8 absolute floor."""
+    x = np.array([-1e20, -1e6, -80.0, -10.0, -6.0, -5.7, -5.6, -3.0, 3.0, 5.7, 10.0, 80.0, 1e20],
+                 dtype=np.float32)
+    y, phi = backend.kernel("gelu_forward")(x, "none")
+    ref = _gelu64(x, "none")[0]
+    err = np.abs(y.astype(np.float64) - ref)
+    assert np.all(err <= 2e-6 * np.abs(ref) + 5e-8), (x, y, ref)
+    assert np.all(phi[x < -6] == 0) and np.all(phi[x > 6] == 1)
+
+
 @given(_elementwise_case())
 @settings(deadline=None)
 def test_silu_twin_is_the_formula_and_kernel_equals_twin(on_backend, case):

@@ -123,7 +123,8 @@ def _horner(coefs, v):
 def _erf_poly(x):
     """erf of a float64 array by the two-piece formula (minitx_c/vmath.h, mtx_erf). The C loop
     evaluates both pieces and selects; here each piece runs on its own elements only."""
-    z = np.minimum(np.abs(x), 4.0)                        # erf(4) rounds to 1 in float32
+    far = np.abs(x) >= 4.0                                # erfc < 1.6e-8: erf = +-1 exactly
+    z = np.minimum(np.abs(x), 4.0)
     small = z < 1.0                                       # (NaN goes to the large piece)
     e = np.empty_like(z)
     zs = z[small]
@@ -131,6 +132,7 @@ def _erf_poly(x):
     zl = z[~small]
     with np.errstate(under="ignore"):                     # 1 - exp(-x^2) Q(1/(1 + x/2) - 1/2)
         e[~small] = 1.0 - np.exp(-zl * zl) * _horner(ERF_LARGE, 1.0 / (1.0 + 0.5 * zl) - 0.5)
+    e[far] = 1.0
     return np.copysign(e, x)
 
 
@@ -144,7 +146,8 @@ def _phi_f32(x):
     f = np.float32
     z = np.abs(x)
     z *= f(1 / math.sqrt(2))
-    np.minimum(z, f(4.0), out=z)                          # erf(4) rounds to 1 in float32
+    far = z >= f(4.0)                                     # erfc < 1.6e-8: taken as 0, so
+    np.minimum(z, f(4.0), out=z)                          # Phi = 0 below -4 sqrt 2, 1 above
     s = z * z                                             # (NaN stays NaN: the large piece)
     small = np.full_like(z, f(ERF_SMALL[-1]))             # P(s): erf(z) / z
     for c in reversed(ERF_SMALL[:-1]):
@@ -164,6 +167,7 @@ def _phi_f32(x):
         np.exp(s, out=s)
     q *= s
     q *= f(0.5)                                           # erfc(z) / 2 = exp(-z^2) Q(v) / 2
+    np.copyto(q, f(0.0), where=far)
     large = _select(x < 0, q, np.subtract(f(1.0), q, out=s))  # x < 0: (1 - (1 - erfc)) / 2
     small_bits = small.view(np.int32)                     # (without float32's cancellation);
     small_bits |= x.view(np.int32) & np.int32(-2**31)     # x >= 0: (1 + (1 - erfc)) / 2
