@@ -1,7 +1,8 @@
 """Training throughput: minitx against the same model in PyTorch eager, with minitx's profile.
 
     python benchmarks/train_throughput.py [--configs default,llama] [--threads 1,2]
-        [--rounds 3] [--steps 5] [--torch-python /path/to/venv/bin/python]
+        [--backends c,numpy] [--attention naive] [--rounds 3] [--steps 5]
+        [--torch-python /path/to/venv/bin/python]
 
 Each framework trains the same architecture with AdamW on random token batches: `default`
 (learned positions, pre-LayerNorm, tanh-GELU MLP, tied head) and `llama` (RoPE, RMSNorm, SwiGLU,
@@ -10,7 +11,12 @@ environment before NumPy / OpenBLAS / OpenMP / torch load), timing `--steps` ste
 warm-up steps and reporting the median seconds per step. The rounds interleave minitx and
 PyTorch runs of every (config, threads) cell, so a load change on a shared machine hits both;
 the table gives the median over rounds of each framework and of the per-round ratio
-(tokens/s of minitx / tokens/s of PyTorch: above 1 means minitx is faster).
+(tokens/s of minitx / tokens/s of PyTorch: above 1 means minitx is faster), and the speed-up
+of each thread count over 1 thread (medians). `--backends` runs minitx on each backend
+("c": Cython kernels, "numpy": the NumPy reference, where threads come only from OpenBLAS's
+GEMMs); `--attention` overrides the configs' attention implementation ("c" = the Cython
+FlashAttention-2 kernel, threaded over (batch, head, query block); the configs' default is
+"naive", NumPy with OpenBLAS's batched products).
 Then minitx.profiler's table of one training step (after a warm-up step) is printed for each
 config and thread count.
 
@@ -34,6 +40,9 @@ def _args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", default="default,llama")
     p.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    p.add_argument("--backends", default="c", help="minitx backends, comma-separated: c,numpy")
+    p.add_argument("--attention", default=None,
+                   help="attention impl for minitx (naive, c, ...); default: the config's")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=16)
@@ -176,6 +185,9 @@ def child(a):
     sys.path.insert(0, ROOT)
     from minitx.models.gpt import get_config           # a dataclass: no kernels, no torch
     cfg = get_config(a.config)
+    if a.attention and a.child != "torch":
+        import dataclasses
+        cfg = dataclasses.replace(cfg, attention=a.attention)
     batches = _batches(cfg, a.steps + 3, a.batch_size)
     if a.child == "profile":
         import minitx
@@ -192,14 +204,19 @@ def child(a):
 
 
 # ---------------------------------------------------------------------------------- driver
-def _run(python, a, kind, config, threads, capture_json=True):
+def _run(python, a, kind, config, threads, capture_json=True, backend=None):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if backend:
+        env["MINITX_BACKEND"] = backend
+        env.pop("MINITX_PURE", None)
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
     cmd = [python, os.path.abspath(__file__), "--child", kind, "--config", config,
            "--nthreads", str(threads), "--steps", str(a.steps), "--batch-size", str(a.batch_size)]
     if a.cpu_time:
         cmd.append("--cpu-time")
+    if a.attention:
+        cmd += ["--attention", a.attention]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if res.returncode != 0:
         if kind == "torch" and "No module named 'torch'" in res.stderr:
@@ -214,50 +231,61 @@ def main(argv=None):
     if a.child:
         return child(a)
     sys.path.insert(0, ROOT)
-    from minitx import backend
+    from minitx.models.gpt import get_config
     configs = a.configs.split(",")
     threads = [int(t) for t in a.threads.split(",")]
+    backends = a.backends.split(",")
+    kinds = [f"minitx-{b}" for b in backends] + ["torch"]
     cells = [(c, t) for c in configs for t in threads]
-    times = {(c, t, k): [] for c, t in cells for k in ("minitx", "torch")}
+    times = {(c, t, k): [] for c, t in cells for k in kinds}
     have_torch = True
     t_start = time.perf_counter()
     for r in range(a.rounds):
         for c, t in cells:                      # alternate the order from round to round
-            kinds = ("minitx", "torch") if r % 2 == 0 else ("torch", "minitx")
-            for k in kinds:
+            for k in (kinds if r % 2 == 0 else kinds[::-1]):
                 if k == "torch" and not have_torch:
                     continue
-                s = _run(a.torch_python if k == "torch" else sys.executable, a, k, c, t)
+                if k == "torch":
+                    s = _run(a.torch_python, a, "torch", c, t)
+                else:
+                    s = _run(sys.executable, a, "minitx", c, t, backend=k.split("-", 1)[1])
                 if s is None:
                     have_torch = False
                     continue
                 times[(c, t, k)].append(s)
-    print(f"minitx backend {backend.active()}, batch {a.batch_size}, {a.steps} timed steps per "
-          f"run, {a.rounds} interleaved rounds, {'CPU' if a.cpu_time else 'wall'} time, "
-          f"{time.perf_counter() - t_start:.0f}s of runs; load average "
-          f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    print(f"| {'config':<8} | {'threads':>7} | {'minitx tok/s':>12} | {'PyTorch tok/s':>13} | "
-          f"{'ratio (median)':>14} | {'ratio range':>13} |")
-    print(f"|{'-' * 10}|{'-' * 9}|{'-' * 14}|{'-' * 15}|{'-' * 16}|{'-' * 15}|")
-    for c, t in cells:
-        from minitx.models.gpt import get_config
+    print(f"batch {a.batch_size}, {a.steps} timed steps per run (median), {a.rounds} "
+          f"interleaved rounds, {'CPU' if a.cpu_time else 'wall'} time, attention "
+          f"{a.attention or 'as configured'}, {time.perf_counter() - t_start:.0f}s of runs; load "
+          f"average {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print("| config | backend | threads | minitx tok/s | PyTorch tok/s | ratio (median) | "
+          "ratio range | minitx vs 1 thread | PyTorch vs 1 thread |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    med = {key: statistics.median(v) for key, v in times.items() if v}
+    for c in configs:
         tokens = a.batch_size * get_config(c).block_size
-        mx, pt = times[(c, t, "minitx")], times[(c, t, "torch")]
-        mx_tok = tokens / statistics.median(mx)
-        if pt:
-            ratios = [p / m for m, p in zip(mx, pt)]             # per round: minitx / torch speed
-            print(f"| {c:<8} | {t:>7} | {mx_tok:12,.0f} | {tokens / statistics.median(pt):13,.0f}"
-                  f" | {statistics.median(ratios):14.2f} | "
-                  f"{min(ratios):5.2f} - {max(ratios):5.2f} |")
-        else:
-            print(f"| {c:<8} | {t:>7} | {mx_tok:12,.0f} | {'-':>13} | {'-':>14} | {'-':>13} |")
+        for k in kinds[:-1]:
+            for t in threads:
+                mx, pt = times[(c, t, k)], times[(c, t, "torch")]
+                mx_tok = tokens / med[(c, t, k)]
+                up = (f"{med[(c, 1, k)] / med[(c, t, k)]:.2f}x" if (c, 1, k) in med else "-")
+                if pt:
+                    ratios = [p / m for m, p in zip(mx, pt)]       # per round: minitx / torch
+                    up_pt = (f"{med[(c, 1, 'torch')] / med[(c, t, 'torch')]:.2f}x"
+                             if (c, 1, "torch") in med else "-")
+                    print(f"| {c} | {k[7:]} | {t} | {mx_tok:,.0f} | {tokens / med[(c, t, 'torch')]:,.0f}"
+                          f" | {statistics.median(ratios):.2f} | {min(ratios):.2f} - "
+                          f"{max(ratios):.2f} | {up} | {up_pt} |")
+                else:
+                    print(f"| {c} | {k[7:]} | {t} | {mx_tok:,.0f} | - | - | - | {up} | - |")
     if not have_torch:
         print("(PyTorch not importable by --torch-python: pip install torch==2.13.0 in a "
               "throwaway venv and pass its python)")
     if not a.no_profile:
         for c, t in cells:
-            print(f"\nminitx.profiler, one training step of '{c}' on {t} thread(s):")
-            print(_run(sys.executable, a, "profile", c, t, capture_json=False))
+            print(f"\nminitx.profiler, one training step of '{c}' on {t} thread(s), "
+                  f"{backends[0]} backend:")
+            print(_run(sys.executable, a, "profile", c, t, capture_json=False,
+                       backend=backends[0]))
     return 0
 
 

@@ -33,6 +33,12 @@ TWINS = {
     "rms_norm_forward": "minitx.kernels.fused_act",
     "rms_norm_backward": "minitx.kernels.fused_act",
     "embedding_backward": "minitx.kernels.fused_act",
+    "bias_gelu_forward": "minitx.kernels.fused_bias",
+    "bias_gelu_backward": "minitx.kernels.fused_bias",
+    "add_layer_norm_forward": "minitx.kernels.fused_residual",
+    "add_layer_norm_backward": "minitx.kernels.fused_residual",
+    "add_rms_norm_forward": "minitx.kernels.fused_residual",
+    "add_rms_norm_backward": "minitx.kernels.fused_residual",
     "matmul": "minitx.kernels.gemm",
     "matmul_int8": "minitx.kernels.int8",
     "linear_w8": "minitx.kernels.int8",
@@ -134,16 +140,51 @@ def kernel(name):
 _init()
 
 
+# Which library serves a float32 product on the "c" backend, decided by measurement per shape
+# class and thread count (benchmarks/gemm_policy.py: the products alone;
+# benchmarks/train_throughput.py: the training step). The classes are the products a Linear
+# makes: forward x @ W^T (b a transposed view), input grad dY @ W (b C-ordered), weight grad
+# dY^T @ X (a a transposed view); "other" is everything else that reaches backend.matmul.
+#   1 thread: OpenBLAS. On the Xeon (AVX-512) measured, OpenBLAS's AVX-512 SGEMM ran every GPT
+#     and MiniLM Linear product at 1.3-1.8x the speed of minitx_c.matmul's AVX2 micro-kernel
+#     (process CPU time, median of interleaved pairs: minitx/OpenBLAS 0.56-0.77).
+#   2 threads: minitx. Alone, OpenBLAS's products were again faster (wall time, loaded
+#     machine), but in a training step its worker threads spin for ~0.1 s after each product
+#     and take the second core from the OpenMP kernels (attention, fused ops) that follow;
+#     with the products on minitx_c's OpenMP threads (which sleep when idle,
+#     OMP_WAIT_POLICY=PASSIVE) one default-GPT step with the Cython attention took 487-514 ms
+#     against 822-1149 ms with OpenBLAS (same loaded machine, interleaved processes).
+# minitx_c.matmul stays the readable BLIS kernel of tutorial 03; on a machine that measures
+# differently, edit the table.
+GEMM_POLICY = {
+    (1, "x@W^T"): "openblas", (1, "dY@W"): "openblas", (1, "dY^T@X"): "openblas",
+    (1, "other"): "openblas",
+    (2, "x@W^T"): "minitx", (2, "dY@W"): "minitx", (2, "dY^T@X"): "minitx",
+    (2, "other"): "minitx",
+}
+
+
+def gemm_class(a, b):
+    """The shape class of a @ b in GEMM_POLICY: "x@W^T", "dY@W", "dY^T@X" or "other"."""
+    if b.ndim == 2 and a.ndim >= 2:
+        if a.ndim == 2 and a.flags.f_contiguous and not a.flags.c_contiguous:
+            return "dY^T@X"
+        return "x@W^T" if b.flags.f_contiguous and not b.flags.c_contiguous else "dY@W"
+    return "other"
+
+
+def gemm_server(a, b):
+    """"minitx" or "openblas": who serves the float32 product a @ b now (GEMM_POLICY)."""
+    n = min(_C.get_num_threads(), 2) if _C is not None else 1
+    return GEMM_POLICY[(n, gemm_class(a, b))]
+
+
 def matmul(a, b):
     """The matrix product autograd uses for forward and backward: `np.matmul` semantics.
 
-    On the "c" backend with one OpenMP thread (`minitx_c.set_num_threads(1)` or
-    OMP_NUM_THREADS=1), float32 x float32 goes to `minitx_c.matmul`, the BLIS-style GEMM of
-    `minitx_c/gemm.pyx`: on the products of a GPT training step it is at parity with
-    single-threaded OpenBLAS and has less call overhead on small ones (benchmarks/gemm.py;
-    a default-GPT training step measured 1.01-1.08x). With more threads a training step was
-    measured 8-20% slower on it than on multi-threaded OpenBLAS, so there, as for other dtypes
-    and on the "numpy" backend, the product goes to `np.matmul`.
+    On the "c" backend a float32 x float32 product goes to `minitx_c.matmul` (the BLIS-style
+    GEMM of `minitx_c/gemm.pyx`) or to `np.matmul` (OpenBLAS) as GEMM_POLICY says for its
+    shape class and the thread count; other dtypes, and the "numpy" backend, use `np.matmul`.
 
     Args:
         a: (..., M, K) or (K,); b: (..., K, N) or (K,).
@@ -152,6 +193,12 @@ def matmul(a, b):
     """
     if (_active == "c" and type(a) is np.ndarray and type(b) is np.ndarray
             and a.dtype == np.float32 and b.dtype == np.float32 and a.ndim and b.ndim
-            and _C.get_num_threads() == 1):
+            and gemm_server(a, b) == "minitx"):
         return _C.matmul(a, b)
+    if (a.ndim > 2 and b.ndim == 2 and type(a) is np.ndarray and a.flags.c_contiguous
+            and a.shape[-1] == b.shape[0] and a.shape[-1] > 0):
+        # x @ W with x (..., K) C-ordered: one (rows, K) @ (K, N) product instead of NumPy's
+        # loop of one GEMM per leading index (MiniLM's fc, (32, 128, 384) @ (384, 1536):
+        # 34.5 ms instead of 43.1 ms on one OpenBLAS thread, CPU time).
+        return np.matmul(a.reshape(-1, a.shape[-1]), b).reshape(a.shape[:-1] + b.shape[1:])
     return np.matmul(a, b)

@@ -27,6 +27,7 @@ every head: rows viewed as (heads, 2, d/2) are transposed to (heads, d/2, 2), i.
 rows are whole ggml blocks, so quantized weights are reordered without decoding them.
 """
 import dataclasses
+import os
 
 import numpy as np
 
@@ -422,4 +423,6 @@ def load_gpt(path):
                 if short in heads else w
     model = _FileGPT(gpt_config(hp, tied))
     model.load_state_dict(state)
+    model.peft_name_map = "hf-llama"            # adapters saved with HF's module paths (PEFT)
+    model.peft_base_model = os.path.abspath(path)
     return model.eval()

@@ -14,7 +14,8 @@ and B = 0, so a fresh adapter leaves the model's outputs exactly unchanged. Name
 QLoRA (Dettmers et al. 2023, arXiv 2305.14314) puts the same adapters on a base whose Linear
 weights are NF4 with double quantization (`QuantLinear`): the packed codes are the only resident
 copy of the base; every forward and backward dequantizes one layer at a time, and the backward
-through a frozen quantized layer computes only the input gradient.
+through a frozen quantized layer computes only the input gradient. A GGUF model's own blocks
+(Q4_1, Q8_0, ...: `minitx.lora_gguf.GGMLLinear`) serve as the base as they are, never re-quantized.
 
 Adapter files (PEFT's format) live in `minitx.lora_io`, the memory arithmetic of the QLoRA paper
 in `minitx.lora_memory` (both re-exported here), fine-tuning checkpoints in
@@ -29,6 +30,7 @@ import numpy as np
 from minitx import backend
 from minitx import random as _random
 from minitx.autograd import Function, is_grad_enabled
+from minitx.lora_gguf import GGMLLinear
 from minitx.nn import functional as F
 from minitx.nn.modules import Linear, Module, Parameter
 from minitx.quant.linear import QuantLinear, quantize_model, replace_module
@@ -38,6 +40,7 @@ __all__ = ["LoRALinear", "apply_lora", "find_targets", "target_matches", "freeze
            "prepare_qlora", "merge_and_unload", "apply_adapter_dir", "save_adapter",
            "load_adapter", "hf_llama_path", "memory_estimate", "SHAPES", "QUANT_OPTIONS"]
 
+BASE_TYPES = (Linear, QuantLinear, GGMLLinear)   # what LoRALinear wraps (and apply_lora finds)
 QUANT_OPTIONS = {          # name -> (quantize scheme, kwargs): the frozen base of QLoRA
     "nf4": ("nf4", {"block_size": 64, "double_quant": True}),    # the paper's choice
     "int4": ("int4", {"block_size": 64}),                         # symmetric absmax, groups of 64
@@ -55,7 +58,8 @@ class LoRALinear(Module):
     """A frozen Linear (or QuantLinear) plus a trainable low-rank update s * B A.
 
     Args:
-        base: `nn.Linear` or `QuantLinear` (out_features, in_features); its parameters are frozen.
+        base: `nn.Linear`, `QuantLinear` or `GGMLLinear` (a GGUF file's blocks, see
+            `minitx.lora_gguf`) (out_features, in_features); its parameters are frozen.
         r: rank, an int >= 1.
         alpha: lora_alpha; the update is scaled by alpha / r (alpha / sqrt(r) with rsLoRA).
         dropout: probability of dropping inputs to the adapter path (training only).
@@ -67,8 +71,9 @@ class LoRALinear(Module):
 
     def __init__(self, base, r=8, alpha=8, dropout=0.0, use_rslora=False):
         super().__init__()
-        if not isinstance(base, (Linear, QuantLinear)):
-            raise TypeError(f"LoRALinear wraps a Linear or QuantLinear, got {type(base).__name__}")
+        if not isinstance(base, BASE_TYPES):
+            raise TypeError(f"LoRALinear wraps a Linear, QuantLinear or GGMLLinear, got "
+                            f"{type(base).__name__}")
         if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 1:
             raise ValueError(f"LoRA rank r must be an integer >= 1, got {r!r}")
         if not isinstance(alpha, (int, float, np.number)) or not math.isfinite(alpha):
@@ -89,7 +94,8 @@ class LoRALinear(Module):
 
     @property
     def quantized(self):
-        return isinstance(self.base, QuantLinear)
+        """True for a packed base (QuantLinear, or GGMLLinear's GGUF blocks)."""
+        return not isinstance(self.base, Linear)
 
     def _base_frozen(self):
         return not any(p.requires_grad for p in self.base.parameters())
@@ -155,15 +161,15 @@ class _LoRAFn(Function):
     One node keeps one output per layer alive (four separate ops would keep four (..., out)
     arrays until the backward) and saves only u = x_d A^T (..., r) besides the mask. The
     backward computes the input gradient through W (a QuantLinear dequantizes it for the
-    moment: QLoRA's "backward through the frozen 4-bit weights") and the adapters' gradients,
-    never a gradient for W:
+    moment, a GGMLLinear decodes NR rows at a time: QLoRA's "backward through the frozen 4-bit
+    weights") and the adapters' gradients, never a gradient for W:
         g_u = s g B;   dB = s g^T u;   dA = g_u^T x_d;   dx = g W + (g_u A) * mask
     """
 
     @staticmethod
     def forward(ctx, x, A, B, layer, mask):
         base = layer.base
-        if isinstance(base, QuantLinear):
+        if not isinstance(base, Linear):                                  # packed base
             y = base.compute(x).astype(np.result_type(x.dtype, np.float32), copy=False)
         else:
             y = backend.matmul(x, base.weight.data.T)                      # (..., out)
@@ -189,9 +195,12 @@ class _LoRAFn(Function):
         gA = backend.matmul(gu.reshape(-1, gu.shape[-1]).T, xd.reshape(-1, x.shape[-1]))
         gx = None
         if ctx.needs_input_grad[0]:
-            W = layer.base.weight_float() if layer.quantized else layer.base.weight.data
             ga = backend.matmul(gu, A)                                    # (..., in)
-            gx = backend.matmul(g, W.astype(g.dtype, copy=False))          # (..., in)
+            if isinstance(layer.base, GGMLLinear):                        # NR rows at a time
+                gx = layer.base.input_grad(g).astype(g.dtype, copy=False)  # (..., in)
+            else:
+                W = layer.base.weight_float() if layer.quantized else layer.base.weight.data
+                gx = backend.matmul(g, W.astype(g.dtype, copy=False))      # (..., in)
             gx += ga if ctx.mask is None else ga * ctx.mask
             gx = gx.astype(x.dtype, copy=False)
         return gx, gA.astype(A.dtype, copy=False), gB
@@ -208,7 +217,7 @@ def target_matches(target_modules, name):
 
 
 def _linear_names(model):
-    return [n for n, m in model.named_modules() if isinstance(m, (Linear, QuantLinear)) and n]
+    return [n for n, m in model.named_modules() if isinstance(m, BASE_TYPES) and n]
 
 
 def find_targets(model, target_modules):
@@ -291,6 +300,8 @@ def trainable_parameters(model):
     total = model.num_parameters()
     total += sum(int(np.prod(m.qweight.shape)) for m in model.modules()
                  if isinstance(m, QuantLinear))
+    total += sum(m.out_features * m.in_features for m in model.modules()
+                 if isinstance(m, GGMLLinear))
     return trainable, total
 
 

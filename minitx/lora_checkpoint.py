@@ -7,10 +7,12 @@ Each step directory holds
     train_state.safetensors                          AdamW moments of the adapters (tensors);
                                                      step, RNG and sampler states (metadata)
     config.json    {"format": "minitx-lora", "step", "base": the base checkpoint's path and
-                    model config, "quant": "nf4" | "int4" | "int8" | null, "checkpointing",
-                    "train": TrainConfig}
-The base weights are not copied: the base checkpoint is loaded (and quantized again, which is
-deterministic) when the run is resumed or sampled, and its model config must still match.
+                    model config (a GGUF base: "kind": "gguf", the file's path, size, model
+                    config and the training "block_size"), "quant": "nf4" | "int4" | "int8" |
+                    "gguf" (the file's own blocks) | null, "checkpointing", "train": TrainConfig}
+The base weights are not copied: the base checkpoint (or GGUF file) is loaded (and quantized
+again, which is deterministic) when the run is resumed or sampled, and its model config must
+still match.
 `load_model` dispatches "minitx-lora" here, so `generate --ckpt RUN` samples the fine-tuned model.
 """
 import dataclasses
@@ -67,10 +69,43 @@ def build_model(base_path, quant, checkpointing=False):
     return prepare_base(load_model(base_path), quant, checkpointing)
 
 
+def build_gguf_model(path, quant, block_size, checkpointing=False):
+    """The frozen base from a GGUF file: quant "gguf" keeps the file's blocks (GGMLLinear),
+    None decodes them to float32; the context used for training is `block_size`."""
+    from minitx.lora_gguf import load_gguf_gpt
+    if quant not in ("gguf", None):
+        raise ValueError(f"a GGUF base is used as stored ('gguf') or decoded to float32 "
+                         f"('none'); re-quantizing it as {quant!r} is not supported")
+    model = load_gguf_gpt(path, keep_blocks=quant == "gguf")
+    if not 1 <= block_size <= model.config.block_size:
+        raise ValueError(f"--block-size must be in [1, {model.config.block_size}] (the "
+                         f"model's context), got {block_size}")
+    model.config.block_size = int(block_size)
+    return prepare_base(model, None, checkpointing)
+
+
+def _gguf_model_config(path):
+    """The GPTConfig (as a dict) that a GGUF file's metadata implies."""
+    from minitx.gguf import open_gguf
+    from minitx.gguf_model import LlamaHParams, gpt_config
+    g = open_gguf(path)
+    hp = LlamaHParams.from_metadata(g.metadata, path)
+    return dataclasses.asdict(gpt_config(hp, "output.weight" not in g.tensors))
+
+
 def _check_base(config, directory):
     base = config.get("base")
     if not isinstance(base, dict) or not isinstance(base.get("path"), str):
         raise CheckpointError(f"{directory}: config.json has no base checkpoint path")
+    if base.get("kind") == "gguf":
+        if not os.path.isfile(base["path"]):
+            raise CheckpointError(f"{directory} was fine-tuned from {base['path']}, which is "
+                                  "missing")
+        if os.path.getsize(base["path"]) != base.get("size") or \
+                _gguf_model_config(base["path"]) != base.get("model"):
+            raise CheckpointError(f"{directory} was fine-tuned from {base['path']}, which has "
+                                  "changed since: not the same base model")
+        return base["path"]
     base_cfg = read_config(base["path"]).get("model")
     if base_cfg != base.get("model"):
         raise CheckpointError(f"{directory} was fine-tuned from {base['path']}, whose model "
@@ -86,8 +121,12 @@ def load_lora_training(run_dir):
     if config["format"] != FORMAT:
         raise CheckpointError(f"{run_dir} is a {config['format']!r} checkpoint, not a "
                               "fine-tuning run")
-    model = build_model(_check_base(config, directory), config.get("quant"),
-                        config.get("checkpointing", False))
+    path, base = _check_base(config, directory), config["base"]
+    if base.get("kind") == "gguf":
+        model = build_gguf_model(path, config.get("quant"), base.get("block_size", 0),
+                                 config.get("checkpointing", False))
+    else:
+        model = build_model(path, config.get("quant"), config.get("checkpointing", False))
     load_adapter(model, directory)
     path = os.path.join(directory, STATE_FILE)
     try:
@@ -114,9 +153,14 @@ def load_lora_checkpoint(directory):
     return model.eval()
 
 
-def run_info(base_path, model, quant, checkpointing, tc):
+def run_info(base_path, model, quant, checkpointing, tc, gguf=False):
     """The JSON-able description of a fine-tuning run stored in each config.json."""
-    return {"base": {"path": os.path.abspath(base_path),
-                     "model": read_config(base_path).get("model")},
+    path = os.path.abspath(base_path)
+    if gguf:
+        base = {"kind": "gguf", "path": path, "size": os.path.getsize(path),
+                "model": _gguf_model_config(path), "block_size": model.config.block_size}
+    else:
+        base = {"path": path, "model": read_config(base_path).get("model")}
+    return {"base": base,
             "quant": quant, "checkpointing": bool(checkpointing),
             "train": dataclasses.asdict(tc)}

@@ -88,8 +88,10 @@ def save_adapter(model, out_dir, base_model_name_or_path=None, name_map=None):
     Args:
         model: a model with LoRALinear layers (see `apply_lora`); all must share r and alpha.
         out_dir: the directory (created).
-        base_model_name_or_path: recorded in adapter_config.json (e.g. a hub id or a path).
-        name_map: None (minitx module paths), "hf-llama", or a callable path -> path.
+        base_model_name_or_path: recorded in adapter_config.json (e.g. a hub id or a path;
+            default: the model's `peft_base_model`, e.g. the GGUF file it was loaded from).
+        name_map: None (the model's own `peft_name_map` if it has one, as a model loaded from
+            GGUF does, else minitx module paths), "minitx", "hf-llama", or a callable.
     Returns:
         the dict written to adapter_config.json.
     """
@@ -102,7 +104,9 @@ def save_adapter(model, out_dir, base_model_name_or_path=None, name_map=None):
         raise AdapterError(f"all adapters must share r, alpha, dropout and rsLoRA to be saved "
                            f"in one PEFT config, got {sorted(settings)}")
     r, alpha, dropout, rslora = settings.pop()
-    fmap = _name_map(name_map)
+    fmap = _name_map(getattr(model, "peft_name_map", None) if name_map is None else name_map)
+    if base_model_name_or_path is None:
+        base_model_name_or_path = getattr(model, "peft_base_model", None)
     mapped = [(n, fmap(n)) for n, _ in layers]
     missing = [n for n, p in mapped if p is None]
     if missing:
@@ -186,11 +190,9 @@ def load_adapter(model, adapter_dir, name_map=None):
     Returns:
         the adapter config dict.
     """
-    from minitx.lora import LoRALinear, replace_module
-    from minitx.nn.modules import Linear
-    from minitx.quant.linear import QuantLinear
+    from minitx.lora import BASE_TYPES, LoRALinear, replace_module
     config, tensors = read_adapter(adapter_dir)
-    fmap = _name_map(name_map)
+    fmap = _name_map(getattr(model, "peft_name_map", None) if name_map is None else name_map)
     modules = dict(model.named_modules())
     inverse = {fmap(n): n for n in _adaptable_names(model) if fmap(n) is not None}
     plan = []
@@ -204,7 +206,7 @@ def load_adapter(model, adapter_dir, name_map=None):
         if isinstance(layer, LoRALinear) and layer.r != config["r"]:
             raise AdapterError(f"{name} already has a rank-{layer.r} adapter, the file has "
                                f"r={config['r']}")
-        if not isinstance(layer, (LoRALinear, Linear, QuantLinear)):
+        if not isinstance(layer, (LoRALinear,) + BASE_TYPES):
             raise AdapterError(f"{name} is a {type(layer).__name__}, not a Linear layer")
         if A.shape[1] != layer.in_features or B.shape[0] != layer.out_features:
             raise AdapterError(f"the adapter in {adapter_dir} is for another model: {path} "

@@ -4,9 +4,12 @@ Import through `minitx.backend`, which falls back to NumPy when this extension i
 MINITX_PURE=1 is set. Each name below has a NumPy twin listed in `minitx.backend.TWINS`.
 """
 from minitx_c.runtime import get_num_threads, have_openmp, set_num_threads
-from minitx_c.fused import layer_norm_backward, layer_norm_forward, softmax_lastdim
+from minitx_c.fused import (add_layer_norm_backward, add_layer_norm_forward, layer_norm_backward,
+                            layer_norm_forward, softmax_lastdim)
 from minitx_c.fused_ops import adamw_step, cross_entropy_fused
-from minitx_c.fused_act import (embedding_backward, erf, gelu_backward, gelu_forward,
+from minitx_c.fused_act import (add_rms_norm_backward, add_rms_norm_forward,
+                                bias_gelu_backward, bias_gelu_forward, embedding_backward, erf,
+                                gelu_backward, gelu_forward,
                                 rms_norm_backward, rms_norm_forward, silu_backward,
                                 silu_forward)
 from minitx_c.gemm import matmul

@@ -18,6 +18,8 @@ from libc.math cimport NAN, exp, sqrt
 from minitx_c.runtime cimport num_threads
 from minitx.kernels.fused import (check_float, check_layer_norm_backward,
                                   check_layer_norm_forward)
+from minitx.kernels.fused_residual import (check_add_layer_norm_backward,
+                                           check_add_layer_norm_forward)
 
 cdef extern from "rowsum.h" nogil:      # row sums in double, 8 interleaved partial sums
     double mtx_sum_f32(const float *x, Py_ssize_t n)
@@ -103,20 +105,30 @@ def softmax_lastdim(x):
 @cython.wraparound(False)
 cdef void _ln_fwd_rows(const real[:, ::1] x, const real[::1] w, const real[::1] b, bint has_w,
                        bint has_b, double eps, real[:, ::1] y, real[::1] mean,
-                       real[::1] rstd, int nt) noexcept nogil:
+                       real[::1] rstd, int nt, const real[:, ::1] res=None,
+                       real[:, ::1] s=None) noexcept nogil:
+    """LayerNorm rows of x; with res (add_layer_norm_forward): of s = x + res, written to s
+    row by row just before that row's sums."""
     cdef Py_ssize_t R = x.shape[0], C = x.shape[1], r, j
     cdef double mu, var, rs
     cdef real v
+    cdef const real *xr
+    cdef bint has_res = res is not None
     for r in prange(R, schedule="static", num_threads=nt):
+        xr = &x[r, 0]
+        if has_res:
+            for j in range(C):
+                s[r, j] = x[r, j] + res[r, j]      # the residual stream
+            xr = &s[r, 0]
         if real is float:
-            mu = mtx_sum_f32(&x[r, 0], C) / C                       # mean
-            var = mtx_sumsq_dev_f32(&x[r, 0], mu, C) / C            # biased variance
+            mu = mtx_sum_f32(xr, C) / C                             # mean
+            var = mtx_sumsq_dev_f32(xr, mu, C) / C                  # biased variance
         else:
-            mu = mtx_sum_f64(&x[r, 0], C) / C
-            var = mtx_sumsq_dev_f64(&x[r, 0], mu, C) / C
+            mu = mtx_sum_f64(xr, C) / C
+            var = mtx_sumsq_dev_f64(xr, mu, C) / C
         rs = 1 / sqrt(var + eps)                   # rstd
         for j in range(C):
-            v = <real>((x[r, j] - mu) * rs)        # xhat
+            v = <real>((xr[j] - mu) * rs)          # xhat
             if has_w:
                 v = v * w[j]
             if has_b:
@@ -160,8 +172,10 @@ def layer_norm_forward(x, weight, bias, eps):
 @cython.wraparound(False)
 cdef void _ln_bwd_rows(const real[:, ::1] dy, const real[:, ::1] x, const real[::1] w,
                        const real[::1] mean, const real[::1] rstd, real[:, ::1] dx,
-                       int nt) noexcept nogil:
-    cdef Py_ssize_t R = x.shape[0], C = x.shape[1], r
+                       int nt, const real[:, ::1] ds=None) noexcept nogil:
+    """LayerNorm's dx rows; with ds (add_layer_norm_backward): dx += ds in the same row."""
+    cdef Py_ssize_t R = x.shape[0], C = x.shape[1], r, j
+    cdef bint has_ds = ds is not None
     cdef double g_mean, gx_mean
     for r in prange(R, schedule="static", num_threads=nt):
         if real is float:                         # sums of g = dy w and of g xhat
@@ -178,6 +192,9 @@ cdef void _ln_bwd_rows(const real[:, ::1] dy, const real[:, ::1] x, const real[:
         else:
             mtx_ln_dx_f64(&dy[r, 0], &x[r, 0], &w[0], mean[r], rstd[r], g_mean, gx_mean,
                           &dx[r, 0], C)
+        if has_ds:
+            for j in range(C):
+                dx[r, j] = dx[r, j] + ds[r, j]
 
 
 @cython.wraparound(False)
@@ -218,3 +235,64 @@ def layer_norm_backward(dy, x, weight, mean, rstd):
             _ln_bwd_rows[double](dy2, x2, w, m, rs, dx, num_threads())
             _ln_bwd_params[double](dy2, x2, m, rs, dw, db)
     return dx.reshape(x.shape), (dw if weight is not None else None), db
+
+
+def add_layer_norm_forward(x, residual, weight, bias, eps):
+    """s = x + residual and LayerNorm(s) in one row pass (twin of minitx/kernels/fused_residual.py).
+
+    Args:
+        x, residual: (..., C) one float dtype; weight, bias: (C,) or None; eps: float.
+    Returns:
+        s (..., C), y (..., C), mean (...,), rstd (...,).
+    """
+    eps = check_add_layer_norm_forward(x, residual, weight, bias, eps)
+    C = x.shape[-1]
+    R = math.prod(x.shape[:-1])
+    if C == 0 or R == 0:                       # nothing to fuse: the reference's edge cases
+        s = np.add(x, residual)
+        return (s,) + layer_norm_forward(s, weight, bias, eps)
+    x2, r2 = _rows(x, R, C), _rows(residual, R, C)              # (R, C)
+    s2, y2 = np.empty_like(x2), np.empty_like(x2)
+    mean = np.empty(R, dtype=x.dtype)
+    rstd = np.empty(R, dtype=x.dtype)
+    dummy = np.zeros(1, dtype=x.dtype)
+    w = _vec(weight) if weight is not None else dummy
+    b = _vec(bias) if bias is not None else dummy
+    if x2.dtype == np.float32:
+        _ln_fwd_rows[float](x2, w, b, weight is not None, bias is not None, eps, y2, mean, rstd,
+                            num_threads(), r2, s2)
+    else:
+        _ln_fwd_rows[double](x2, w, b, weight is not None, bias is not None, eps, y2, mean, rstd,
+                             num_threads(), r2, s2)
+    return (s2.reshape(x.shape), y2.reshape(x.shape), mean.reshape(x.shape[:-1]),
+            rstd.reshape(x.shape[:-1]))
+
+
+def add_layer_norm_backward(dy, ds, s, weight, mean, rstd):
+    """Gradients of add_layer_norm_forward (twin of minitx/kernels/fused_residual.py).
+
+    Args:
+        dy, ds: (..., C) (ds None: no other use of s); s, weight, mean, rstd: from the forward.
+    Returns:
+        dx (..., C) (= d residual), dweight (C,) or None, dbias (C,).
+    """
+    check_add_layer_norm_backward(dy, ds, s, weight, mean, rstd)
+    C = s.shape[-1]
+    R = math.prod(s.shape[:-1])
+    if ds is None or C == 0 or R == 0:
+        dx, dw, db = layer_norm_backward(dy, s, weight, mean, rstd)
+        return (dx if ds is None else np.add(dx, ds)), dw, db
+    x2, dy2, ds2 = _rows(s, R, C), _rows(dy, R, C), _rows(ds, R, C)
+    m = _rows(mean, 1, R).reshape(R)
+    rs = _rows(rstd, 1, R).reshape(R)
+    dx = np.empty_like(x2)
+    dw = np.zeros(C, dtype=s.dtype)
+    db = np.zeros(C, dtype=s.dtype)
+    w = _vec(weight) if weight is not None else np.ones(C, dtype=s.dtype)
+    if x2.dtype == np.float32:
+        _ln_bwd_rows[float](dy2, x2, w, m, rs, dx, num_threads(), ds2)
+        _ln_bwd_params[float](dy2, x2, m, rs, dw, db)
+    else:
+        _ln_bwd_rows[double](dy2, x2, w, m, rs, dx, num_threads(), ds2)
+        _ln_bwd_params[double](dy2, x2, m, rs, dw, db)
+    return dx.reshape(s.shape), (dw if weight is not None else None), db

@@ -20,6 +20,8 @@ from minitx_c.runtime cimport num_threads
 from minitx.kernels.fused_act import (check_approximate, check_backward, check_elementwise,
                                       check_embedding_backward, check_rms_norm_backward,
                                       check_rms_norm_forward)
+from minitx.kernels.fused_bias import check_bias_gelu_backward, check_bias_gelu_forward
+from minitx.kernels.fused_residual import check_add_rms_norm_backward, check_add_rms_norm_forward
 
 cnp.import_array()
 
@@ -235,20 +237,30 @@ def silu_backward(dy, x, saved):
 # ------------------------------------------------------------------ RMSNorm
 @cython.wraparound(False)
 cdef void _rms_fwd_rows(const real[:, ::1] x, const real[::1] w, bint has_w, double eps,
-                        real[:, ::1] y, real[::1] rrms) noexcept nogil:
+                        real[:, ::1] y, real[::1] rrms, const real[:, ::1] res=None,
+                        real[:, ::1] s=None) noexcept nogil:
+    """RMSNorm rows of x; with res (add_rms_norm_forward): of s = x + res, written to s row by
+    row just before that row's sum."""
     cdef Py_ssize_t R = x.shape[0], C = x.shape[1], r, j
     cdef double ss, rr
+    cdef const real *xr
+    cdef bint has_res = res is not None
     for r in prange(R, schedule="static", num_threads=_threads(R * C)):
+        xr = &x[r, 0]
+        if has_res:
+            for j in range(C):
+                s[r, j] = x[r, j] + res[r, j]         # the residual stream
+            xr = &s[r, 0]
         if real is float:                            # sum of x^2
-            ss = mtx_sumsq_dev_f32(&x[r, 0], 0.0, C)
+            ss = mtx_sumsq_dev_f32(xr, 0.0, C)
         else:
-            ss = mtx_sumsq_dev_f64(&x[r, 0], 0.0, C)
+            ss = mtx_sumsq_dev_f64(xr, 0.0, C)
         rr = 1 / sqrt(ss / C + eps)                   # 1 / sqrt(mean(x^2) + eps)
         for j in range(C):
             if has_w:
-                y[r, j] = <real>(x[r, j] * rr * w[j])
+                y[r, j] = <real>(xr[j] * rr * w[j])
             else:
-                y[r, j] = <real>(x[r, j] * rr)
+                y[r, j] = <real>(xr[j] * rr)
         rrms[r] = <real>rr
 
 
@@ -279,9 +291,12 @@ def rms_norm_forward(x, weight, eps):
 
 @cython.wraparound(False)
 cdef void _rms_bwd_rows(const real[:, ::1] dy, const real[:, ::1] x, const real[::1] w,
-                        bint has_w, const real[::1] rrms, real[:, ::1] dx) noexcept nogil:
+                        bint has_w, const real[::1] rrms, real[:, ::1] dx,
+                        const real[:, ::1] ds=None) noexcept nogil:
+    """RMSNorm's dx rows; with ds (add_rms_norm_backward): dx += ds in the same row."""
     cdef Py_ssize_t R = x.shape[0], C = x.shape[1], r, j
     cdef double gx, g, rr
+    cdef bint has_ds = ds is not None
     for r in prange(R, schedule="static", num_threads=_threads(R * C)):
         rr = rrms[r]
         if real is float:                            # sum of g xhat, g = dy w, xhat = x r
@@ -292,6 +307,9 @@ cdef void _rms_bwd_rows(const real[:, ::1] dy, const real[:, ::1] x, const real[
         for j in range(C):                           # dx = r (g - xhat mean(g xhat))
             g = dy[r, j] * w[j] if has_w else dy[r, j]
             dx[r, j] = <real>(rr * (g - x[r, j] * rr * gx))
+        if has_ds:
+            for j in range(C):
+                dx[r, j] = dx[r, j] + ds[r, j]
 
 
 @cython.wraparound(False)
@@ -369,3 +387,138 @@ def embedding_backward(idx, dy, num_embeddings):
         else:
             _emb_bwd[double](ids, rows, out, seen)
     return out
+
+
+# ------------------------------------------------------------------ bias + GELU
+cdef void _bias_block32(fwd_f32 fn, const float *x, const float *b, Py_ssize_t C, float *h,
+                        float *y, float *t, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    """Rows [r0, r1): h = x + b, then the GELU loop on those rows while h is in cache."""
+    cdef Py_ssize_t r, j
+    for r in range(r0, r1):
+        for j in range(C):
+            h[r * C + j] = x[r * C + j] + b[j]
+    fn(h + r0 * C, y + r0 * C, t + r0 * C, (r1 - r0) * C)
+
+
+cdef void _bias_fwd32(fwd_f32 fn, const float *x, const float *b, Py_ssize_t C, float *h,
+                      float *y, float *t, Py_ssize_t rows) noexcept nogil:
+    cdef Py_ssize_t rb = max(1, BLOCK // C), nb = (rows + rb - 1) // rb, k
+    cdef int nt = _threads(rows * C)
+    if nt == 1:
+        for k in range(nb):
+            _bias_block32(fn, x, b, C, h, y, t, k * rb, min(rows, k * rb + rb))
+        return
+    for k in prange(nb, schedule="static", num_threads=nt):
+        _bias_block32(fn, x, b, C, h, y, t, k * rb, min(rows, k * rb + rb))
+
+
+@cython.wraparound(False)
+cdef void _colsum(const real[:, ::1] a, double[::1] acc) noexcept nogil:
+    """acc[j] += a[r, j] for every row r, in row order (as NumPy's axis-0 reduce)."""
+    cdef Py_ssize_t r, j
+    for r in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            acc[j] += a[r, j]
+
+
+def bias_gelu_forward(x, bias, approximate="none"):
+    """GELU(x + bias) (twin of minitx/kernels/fused_bias.py).
+
+    Args:
+        x: (..., C) float32/float64; bias: (C,) of x's dtype; approximate: "none" or "tanh".
+    Returns:
+        y, h = x + bias, t (Phi(h) or tanh u), all (..., C). float32: one blocked pass; float64:
+        the add, then the GELU kernel.
+    """
+    check_bias_gelu_forward(x, bias, approximate)
+    xf = _flat(x)
+    if x.dtype != np.float32 or xf.shape[0] == 0:
+        h = np.add(x, bias)
+        y, t = gelu_forward(h, approximate)
+        return y, h, t
+    bf = _flat(bias)
+    cdef Py_ssize_t C = x.shape[x.ndim - 1], rows = xf.shape[0] // C
+    h, y, t = np.empty_like(xf), np.empty_like(xf), np.empty_like(xf)
+    cdef const float[::1] x32 = xf, b32 = bf
+    cdef float[::1] h32 = h, y32 = y, t32 = t
+    cdef fwd_f32 fn = mtx_gelu_tanh_fwd_f32 if approximate == "tanh" else mtx_gelu_erf_fwd_f32
+    with nogil:
+        _bias_fwd32(fn, &x32[0], &b32[0], C, &h32[0], &y32[0], &t32[0], rows)
+    return y.reshape(x.shape), h.reshape(x.shape), t.reshape(x.shape)
+
+
+def bias_gelu_backward(dy, h, saved, approximate="none"):
+    """dx and db of bias_gelu_forward (twin of minitx/kernels/fused_bias.py).
+
+    Args:
+        dy, h, saved: (..., C), one dtype (h, saved from the forward); approximate: as there.
+    Returns:
+        dx (..., C); db (C,) = dx's column sums, accumulated in double in row order.
+    """
+    check_bias_gelu_backward(dy, h, saved, approximate)
+    dx = gelu_backward(dy, h, saved, approximate)
+    cdef Py_ssize_t C = h.shape[h.ndim - 1]
+    acc = np.zeros(C, dtype=np.float64)
+    rows = np.ascontiguousarray(dx).reshape(-1, C) if C else None
+    if C and rows.shape[0]:
+        if dx.dtype == np.float32:
+            _colsum[float](rows, acc)
+        else:
+            _colsum[double](rows, acc)
+    return dx, acc.astype(h.dtype)
+
+
+# ------------------------------------------------------------------ residual add + RMSNorm
+def add_rms_norm_forward(x, residual, weight, eps):
+    """s = x + residual and RMSNorm(s) in one row pass (twin of minitx/kernels/fused_residual.py).
+
+    Args:
+        x, residual: (..., C) one float dtype; weight: (C,) or None; eps: float >= 0.
+    Returns:
+        s (..., C), y (..., C), rrms (...,).
+    """
+    eps = check_add_rms_norm_forward(x, residual, weight, eps)
+    C = x.shape[-1]
+    R = int(np.prod(x.shape[:-1]))
+    if C == 0 or R == 0:                       # nothing to fuse: the plain kernel's edge cases
+        s = np.add(x, residual)
+        return (s,) + rms_norm_forward(s, weight, eps)
+    x2, r2 = _flat(x).reshape(R, C), _flat(residual).reshape(R, C)      # (R, C)
+    s2, y = np.empty_like(x2), np.empty_like(x2)
+    rrms = np.empty(R, dtype=x.dtype)
+    w = _flat(weight) if weight is not None else np.zeros(1, dtype=x.dtype)
+    if x2.dtype == np.float32:
+        _rms_fwd_rows[float](x2, w, weight is not None, eps, y, rrms, r2, s2)
+    else:
+        _rms_fwd_rows[double](x2, w, weight is not None, eps, y, rrms, r2, s2)
+    return s2.reshape(x.shape), y.reshape(x.shape), rrms.reshape(x.shape[:-1])
+
+
+def add_rms_norm_backward(dy, ds, s, weight, rrms):
+    """Gradients of add_rms_norm_forward (twin of minitx/kernels/fused_residual.py).
+
+    Args:
+        dy, ds: (..., C) (ds None: no other use of s); s, weight, rrms: from the forward.
+    Returns:
+        dx (..., C) (= d residual), dweight (C,) or None.
+    """
+    check_add_rms_norm_backward(dy, ds, s, weight, rrms)
+    C = s.shape[-1]
+    R = int(np.prod(s.shape[:-1]))
+    if ds is None or C == 0 or R == 0:
+        dx, dw = rms_norm_backward(dy, s, weight, rrms)
+        return (dx if ds is None else np.add(dx, ds)), dw
+    x2, dy2, ds2 = (_flat(a).reshape(R, C) for a in (s, dy, ds))
+    rr = _flat(rrms)
+    dx = np.empty_like(x2)
+    dw = np.zeros(C, dtype=s.dtype)
+    w = _flat(weight) if weight is not None else np.ones(C, dtype=s.dtype)    # g = dy * 1
+    if x2.dtype == np.float32:
+        _rms_bwd_rows[float](dy2, x2, w, weight is not None, rr, dx, ds2)
+        if weight is not None:
+            _rms_bwd_weight[float](dy2, x2, rr, dw)
+    else:
+        _rms_bwd_rows[double](dy2, x2, w, weight is not None, rr, dx, ds2)
+        if weight is not None:
+            _rms_bwd_weight[double](dy2, x2, rr, dw)
+    return dx.reshape(s.shape), (dw if weight is not None else None)

@@ -66,7 +66,8 @@ static inline double mtx_exp(double y) {
 
 static inline double mtx_erf(double x) {
     double z = fabs(x), s, small, v, q, e;
-    z = z > 4.0 ? 4.0 : z;
+    double far = z >= 4.0 ? 0.0 : 1.0;          /* erfc(z) < 1.6e-8 beyond 4: taken as 0, so */
+    z = z > 4.0 ? 4.0 : z;                      /* erf = +-1 exactly and Phi(x) = 0 below -4 sqrt 2 */
     s = z * z;
     small = 1.0595272639123914e-06;                        /* P(s), erf(z) / z */
     small = small * s - 1.3911700071046196e-05;
@@ -88,7 +89,7 @@ static inline double mtx_erf(double x) {
     q = q * v + 0.9666327755626261;
     q = q * v + 0.8543716948377637;
     q = q * v + 0.2553956763112823;
-    e = z < 1.0 ? z * small : 1.0 - mtx_exp(-s) * q;
+    e = z < 1.0 ? z * small : 1.0 - mtx_exp(-s) * q * far;
     return copysign(e, x);
 }
 

@@ -247,7 +247,7 @@ def test_every_c_entry_point_is_registered():
     import minitx_c
     from adversarial import _resolve
     for other in ("test_attention_sparse_adversarial", "test_fused_ops", "test_fused_act",
-                  "test_gguf_kernels"):
+                  "test_fused_bias", "test_fused_residual", "test_gguf_kernels"):
         importlib.import_module(other)          # they register their kernels when imported
     registered = [_resolve(k.c) for k in KERNELS.values()]
     missing = []

@@ -102,6 +102,22 @@ def test_hidden_states_match_equations(on_backend, dtype):
     assert err.max() <= ATOL[dtype], f"max |diff| {err.max():.3g} at {np.argmax(err)}"
 
 
+def test_attention_runs_the_backends_kernel(on_backend, monkeypatch):
+    """The "c" backend runs BERT's padded attention in the Cython flash kernel, NumPy in the
+    naive reference; the hidden states of both agree (test above: both match the equations)."""
+    from minitx import backend
+    from minitx.nn import functional as F
+    impls, real = [], F.scaled_dot_product_attention
+
+    def recording(*args, impl="naive", **kw):
+        impls.append(impl)
+        return real(*args, impl=impl, **kw)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
+    enc = tiny_encoder()
+    enc.model(np.array([[2, 7, 9, 3], [2, 5, 3, 0]]), np.array([[1, 1, 1, 1], [1, 1, 1, 0]]))
+    assert impls == ["c" if backend.active() == "c" else "naive"] * TINY.num_hidden_layers
+
+
 @settings(deadline=None)
 @given(st.lists(st.text(alphabet="abcxyz ", max_size=14), min_size=1, max_size=6),
        st.integers(1, 4))

@@ -18,7 +18,7 @@ DTYPES = (np.float32, np.float64)
 # result dtype -> (rtol, atol), relative to the largest |value| of the compared array.
 # twin vs float64 formula: float32 rounding of a handful of steps (the tanh twin runs in float32).
 TOL_FORMULA = {np.float32: (2e-6, 2e-6), np.float64: (1e-12, 1e-13)}
-# C kernel vs twin: the C kernel computes float32 in double, the tanh twin in float32.
+# C kernel vs twin: the C kernel computes float32 in double, the GELU twins in float32.
 TOL_TWIN = {np.float32: (2e-6, 2e-6), np.float64: (1e-12, 1e-13)}
 # rows (RMSNorm): float32 sums in a different order
 TOL_ROWS = {np.float32: (2e-5, 2e-6), np.float64: (1e-12, 1e-13)}
@@ -138,6 +138,19 @@ def test_gelu_kernel_equals_twin(on_backend, approximate, case):
     for got, ref, what in ((y, ref_y, "y"), (saved, ref_saved, "saved"), (dx, ref_dx, "dx")):
         assert got.shape == x.shape and got.dtype == x.dtype
         _close(got, ref, TOL_TWIN, x.dtype, f"gelu {approximate} {what}")
+
+
+def test_exact_gelu_tails_elementwise(on_backend):
+    """Per element, not scaled by the array's largest value: far in the negative tail GELU is
+    about 0 (not x times a leftover erfc), far in the positive tail it is x. Below -4 sqrt 2
+    the kernels take erfc as 0 (Phi < 7.7e-9 there), hence the 5e-8 absolute floor."""
+    x = np.array([-1e20, -1e6, -80.0, -10.0, -6.0, -5.7, -5.6, -3.0, 3.0, 5.7, 10.0, 80.0, 1e20],
+                 dtype=np.float32)
+    y, phi = backend.kernel("gelu_forward")(x, "none")
+    ref = _gelu64(x, "none")[0]
+    err = np.abs(y.astype(np.float64) - ref)
+    assert np.all(err <= 2e-6 * np.abs(ref) + 5e-8), (x, y, ref)
+    assert np.all(phi[x < -6] == 0) and np.all(phi[x > 6] == 1)
 
 
 @given(_elementwise_case())

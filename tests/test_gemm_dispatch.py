@@ -15,12 +15,18 @@ LOSS_RTOL = {np.float32: 1e-4}
 
 @pytest.fixture
 def one_thread():
-    """backend.matmul routes to minitx_c only with one OpenMP thread (see its docstring)."""
+    """One OpenMP thread for the test, restored afterwards."""
     import minitx_c
     before = minitx_c.get_num_threads()
     minitx_c.set_num_threads(1)
     yield
     minitx_c.set_num_threads(before)
+
+
+@pytest.fixture
+def minitx_policy(monkeypatch):
+    """GEMM_POLICY with minitx_c.matmul serving every float32 product on 1 and 2 threads."""
+    monkeypatch.setattr(backend, "GEMM_POLICY", {k: "minitx" for k in backend.GEMM_POLICY})
 
 
 @pytest.fixture
@@ -37,7 +43,7 @@ def spy(monkeypatch, one_thread):
     return calls
 
 
-def test_forward_and_both_backward_products_use_minitx_c(spy):
+def test_forward_and_both_backward_products_use_minitx_c(spy, minitx_policy):
     rng = np.random.default_rng(0)
     a = minitx.tensor(rng.standard_normal((2, 5, 7)).astype(np.float32), requires_grad=True)
     b = minitx.tensor(rng.standard_normal((7, 3)).astype(np.float32), requires_grad=True)
@@ -48,18 +54,67 @@ def test_forward_and_both_backward_products_use_minitx_c(spy):
                                rtol=1e-5)
 
 
-def test_numpy_backend_float64_and_threads_stay_on_np_matmul(spy):
-    import minitx_c
+def test_numpy_backend_and_float64_stay_on_np_matmul(spy, minitx_policy):
     x32 = np.ones((4, 4), np.float32)
     with backend.using("numpy"):
         backend.matmul(x32, x32)
     with backend.using("c"):
         out = backend.matmul(x32.astype(np.float64), x32.astype(np.float64))
-        if minitx_c.have_openmp():
-            minitx_c.set_num_threads(2)
-            backend.matmul(x32, x32)                 # multi-threaded: OpenBLAS
-            minitx_c.set_num_threads(1)
     assert spy == [] and out.dtype == np.float64
+
+
+def test_linear_products_are_classified_as_autograd_makes_them():
+    """Forward x @ W^T, input grad dY @ W, weight grad dY^T @ X (nn.functional.linear)."""
+    x = np.ones((2, 5, 7), np.float32)
+    W = np.ones((3, 7), np.float32)
+    g = np.ones((2, 5, 3), np.float32)
+    assert backend.gemm_class(x, W.T) == "x@W^T"
+    assert backend.gemm_class(g, W) == "dY@W"
+    assert backend.gemm_class(g.reshape(-1, 3).T, x.reshape(-1, 7)) == "dY^T@X"
+    assert backend.gemm_class(x, np.ones((2, 7, 3), np.float32)) == "other"
+    assert backend.gemm_class(np.ones(7, np.float32), W.T) == "other"
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_policy_table_decides_who_serves(monkeypatch, spy, threads):
+    """Each (threads, class) entry is obeyed: flipping one entry moves only that class."""
+    import minitx_c
+    if threads > 1 and not minitx_c.have_openmp():
+        pytest.skip("built without OpenMP: one thread only")
+    minitx_c.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 5, 7)).astype(np.float32)
+    W = rng.standard_normal((3, 7)).astype(np.float32)
+    policy = {k: "openblas" for k in backend.GEMM_POLICY}
+    policy[(threads, "dY@W")] = "minitx"
+    monkeypatch.setattr(backend, "GEMM_POLICY", policy)
+    g = rng.standard_normal((2, 5, 3)).astype(np.float32)
+    with backend.using("c"):
+        y = backend.matmul(x, W.T)                   # x @ W^T: OpenBLAS
+        gx = backend.matmul(g, W)                    # dY @ W: minitx
+    assert spy == [((2, 5, 3), (3, 7))]
+    np.testing.assert_allclose(y, np.matmul(x, W.T), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(gx, np.matmul(g, W), rtol=1e-5, atol=1e-6)
+
+
+def test_policy_covers_every_class_and_thread_count():
+    for n in (1, 2):
+        for cls in ("x@W^T", "dY@W", "dY^T@X", "other"):
+            assert backend.GEMM_POLICY[(n, cls)] in ("minitx", "openblas")
+
+
+def test_folded_batch_product_equals_np_matmul():
+    """x (..., K) @ W as one 2-D product: same values and shape as np.matmul."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 4, 5, 6)).astype(np.float32)
+    W = rng.standard_normal((6, 2)).astype(np.float32)
+    with backend.using("numpy"):
+        got = backend.matmul(x, W)
+    assert got.shape == (3, 4, 5, 2)
+    np.testing.assert_allclose(got, np.matmul(x, W), rtol=1e-5, atol=1e-6)
+    for a, b in ((np.ones((2, 3, 0), np.float32), np.ones((0, 4), np.float32)),   # K = 0
+                 (np.ones((2, 0, 3), np.float32), np.ones((3, 4), np.float32))):  # no rows
+        np.testing.assert_array_equal(backend.matmul(a, b), np.matmul(a, b))
 
 
 def _train_losses(steps):
@@ -83,7 +138,7 @@ def _train_losses(steps):
     return np.array(losses)
 
 
-def test_gpt_training_same_loss_curve_on_c_and_numpy(spy):
+def test_gpt_training_same_loss_curve_on_c_and_numpy(spy, minitx_policy):
     steps = 5
     with backend.using("numpy"):
         ref = _train_losses(steps)

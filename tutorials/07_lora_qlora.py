@@ -12,7 +12,8 @@
 # 3. the memory arithmetic of the QLoRA paper: 65B and 7B;
 # 4. measured memory of one training step, full vs LoRA vs QLoRA (+ checkpointing), stacked
 #    against the estimate;
-# 5. a short QLoRA fine-tune on the one training loop, saved as a PEFT adapter.
+# 5. a short QLoRA fine-tune on the one training loop, saved as a PEFT adapter;
+# 6. a GGUF file's own quantized blocks as the frozen base.
 #
 # Run headless: `python tutorials/07_lora_qlora.py --quick` (well under a minute).
 
@@ -203,3 +204,33 @@ print(f"validation loss {before:.3f} -> {result['val_loss']:.3f} with "
       f"{trainable_parameters(model)[0]:,} trainable parameters")
 save_adapter(model, os.path.join(OUT, "adapter"), base_model_name_or_path="minitx-tiny")
 print("adapter files:", sorted(os.listdir(os.path.join(OUT, "adapter"))))
+
+# %% [markdown]
+# ## 6 · A GGUF file's own blocks as the frozen base
+# A llama.cpp GGUF file already stores the base quantized, in rows of 32-value blocks (Q4_1:
+# a scale d, a minimum m and 32 four-bit codes, w = d q + m; 20 bytes per 32 weights).
+# `GGMLLinear` keeps those bytes, read-only, as the only copy of W: the forward runs the ggml
+# block kernel, the backward decodes 256 rows of W at a time for dx = g W and computes no dW.
+# `python -m minitx finetune --gguf FILE` does this for every block layer of a real model
+# (benchmarks/qlora_smollm2.py fine-tunes SmolLM2-135M this way).
+
+# %%
+import hashlib  # noqa: E402
+
+from minitx.lora_gguf import GGMLLinear  # noqa: E402
+
+w = np.random.default_rng(0).standard_normal((96, 64)).astype(np.float32)
+blocks = GGMLLinear.from_float(w, "Q4_1")                  # what a GGUF file would hold
+print(f"Q4_1 base: {blocks.weight_nbytes} bytes; as float32: {w.nbytes} bytes")
+q = LoRALinear(blocks, r=4, alpha=8)
+digest = hashlib.sha256(blocks.raw.tobytes()).hexdigest()
+opt = AdamW([q.lora_A, q.lora_B], lr=1e-2)
+xq = Tensor(np.random.default_rng(1).standard_normal((8, 64)).astype(np.float32))
+for _ in range(3):
+    ((q(xq) - 1.0) ** 2).mean().backward()
+    opt.step()
+    q.zero_grad()
+unchanged = hashlib.sha256(blocks.raw.tobytes()).hexdigest() == digest
+print("blocks unchanged after 3 steps:", unchanged, "| max |B| =",
+      float(np.abs(q.lora_B.data).max()))
+print("merge() gives", q.merge(), "(a new float Linear; the blocks stay as they are)")

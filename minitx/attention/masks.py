@@ -26,6 +26,8 @@ Conventions (shared by naive, flash1, flash2 and the Cython kernel):
 """
 import numpy as np
 
+from minitx.backend import matmul
+
 
 def resolve_window(is_causal, window):
     """Fold `is_causal` and `window` into one (left, right) pair, -1 meaning unbounded.
@@ -154,12 +156,12 @@ def matmul_allowed(A, B, ok=None):
         (..., R, d), broadcast like A @ B.
     """
     if ok is None:
-        return A @ B
+        return matmul(A, B)
     A = np.where(ok, A, 0)
     fin = np.isfinite(B)
     if fin.all():
-        return A @ B
-    out = A @ np.where(fin, B, 0)                              # (..., R, d) finite part
+        return matmul(A, B)
+    out = matmul(A, np.where(fin, B, 0))                              # (..., R, d) finite part
     axes = tuple(range(B.ndim - 2)) + (B.ndim - 1,)
     bad = np.flatnonzero(~fin.all(axis=axes))                  # columns c with a non-finite B_c
     Bbad = np.where(fin, 0, B)[..., bad, :]                    # (..., nb, d)

@@ -42,7 +42,10 @@ def check_sampling(max_new_tokens, temperature, top_k, seed):
 
 def print_sample(model, prompt, n, temperature, top_k, seed):
     tok = ByteTokenizer()
-    ids = tok.encode(prompt)
+    if getattr(model, "peft_base_model", None):             # a GGUF base: the file's tokenizer
+        from minitx.gguf import load_tokenizer
+        tok = load_tokenizer(model.peft_base_model)
+    ids = np.asarray(tok.encode(prompt), dtype=np.int64)
     if ids.size == 0:
         raise ValueError("the prompt is empty: give at least one character")
     t0 = time.perf_counter()
@@ -50,22 +53,40 @@ def print_sample(model, prompt, n, temperature, top_k, seed):
                          rng=np.random.default_rng(seed))
     dt = time.perf_counter() - t0
     print("-" * 60)
-    print(tok.decode(out[0]))
+    print(tok.decode(np.asarray(out[0]).tolist()))
     print("-" * 60)
     print(f"{n} tokens in {dt:.2f}s ({n / max(dt, 1e-9):.0f} tok/s)", file=sys.stderr)
 
 
 def run(args):
     check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.seed)
+    if args.merge and not args.adapter:
+        raise ValueError("--merge needs --adapter")
+    if args.gguf and args.adapter:
+        return _generate_gguf_adapter(args)
     if args.gguf:
         from minitx.commands.chat import generate_gguf
         return generate_gguf(args)
-    if args.merge and not args.adapter:
-        raise ValueError("--merge needs --adapter")
     model = load_model(args.ckpt)
     if args.adapter:
         from minitx.lora import apply_adapter_dir
         apply_adapter_dir(model, args.adapter, merge=args.merge)
+    print_sample(model, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
+                 args.seed)
+    return 0
+
+
+def _generate_gguf_adapter(args):
+    """`generate --gguf FILE --adapter DIR`: the file's blocks as the frozen base plus the
+    adapter (minitx.lora_gguf); --merge is refused (it would need a float copy of the base or a
+    re-quantization of the file's blocks)."""
+    if args.merge:
+        raise ValueError("--merge: the GGUF base's blocks are never re-quantized, and merging "
+                         "in place would need a float copy of them; sample without --merge")
+    from minitx.lora import apply_adapter_dir
+    from minitx.lora_gguf import load_gguf_gpt
+    model = load_gguf_gpt(args.gguf, keep_blocks=True)
+    apply_adapter_dir(model, args.adapter)
     print_sample(model, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
                  args.seed)
     return 0

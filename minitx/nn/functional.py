@@ -230,6 +230,30 @@ def gelu(input, approximate="none"):
     return _Gelu.apply(input, approximate=approximate)
 
 
+class _BiasGelu(Function):
+    """GELU(x + b) in one kernel pass (minitx/kernels/fused_bias.py): the same result as
+    gelu(x + b), one array fewer; the backward returns dx and db = dx summed over the rows."""
+    @staticmethod
+    def forward(ctx, x, bias, approximate):
+        ctx.approximate = approximate
+        y, h, t = backend.kernel("bias_gelu_forward")(x, bias, approximate)   # h = x + b
+        ctx.save_for_backward(h, t)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        h, t = ctx.saved_tensors
+        return backend.kernel("bias_gelu_backward")(np.asarray(g, dtype=h.dtype), h, t,
+                                                    ctx.approximate)
+
+
+def bias_gelu(input, bias, approximate="none"):
+    """GELU(input + bias), bias (C,) broadcast over input (..., C); fused gelu(input + bias)."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu approximate must be 'none' or 'tanh', got {approximate!r}")
+    return _BiasGelu.apply(input, bias, approximate=approximate)
+
+
 class _Silu(Function):
     """x sigmoid(x); the kernels silu_forward / silu_backward (minitx/kernels/fused_act.py)."""
     @staticmethod
