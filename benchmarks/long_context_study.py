@@ -94,7 +94,7 @@ def corpus_study(args, seeds, rows):
     val = stream_batches(val_ids, B, T, args.val_segments)
     for name, spec in selected(T, args):
         steps = steps_for(spec, T, B, args.impl, args.dense_steps)
-        for seed in range(seeds):
+        for seed in range(args.first_seed, args.first_seed + seeds):
             model, out, sec = train(spec, T, B, steps, seed, args.impl, train_ids, val_ids,
                                     val_batches=val)
             rows.append({"task": "corpus", "pattern": name, "spec": spec, "seed": seed,
@@ -178,7 +178,7 @@ def recall_study(args, seeds, rows):
     dummy = np.zeros(4 * T, dtype=np.int64)
     for name, spec in selected(T, args):
         steps = steps_for(spec, T, B, args.impl, args.recall_dense_steps)
-        for seed in range(seeds):
+        for seed in range(args.first_seed, args.first_seed + seeds):
             val = RecallSampler(B, T, n, distances, 99)
             vb = [val.next_batch()[:2] for _ in range(n)]
             model, out, sec = train(spec, T, B, steps, seed, args.impl, dummy, dummy,
@@ -337,6 +337,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="seconds: tiny sizes, one seed")
     ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed ... (to add runs)")
     ap.add_argument("--tasks", nargs="*", default=["corpus", "recall"])
     ap.add_argument("--impl", default="c", help="exact attention implementation")
     ap.add_argument("--patterns", nargs="*", default=None, help="a subset of the names")
