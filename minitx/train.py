@@ -344,13 +344,18 @@ class Trainer:
 # ============================== the main job =================================================
 def prepare_data(text, tc, block_size):
     """Byte ids of `text`, split into train and validation, checked long enough."""
-    ids = ByteTokenizer().encode(text)
+    return split_ids(ByteTokenizer().encode(text), tc, block_size)
+
+
+def split_ids(ids, tc, block_size):
+    """Train / validation ids (tc.val_fraction held out), each checked long enough for one
+    block; any tokenizer's ids."""
     train_ids, val_ids = train_val_split(ids, tc.val_fraction)
     for name, part in (("training", train_ids), ("validation", val_ids)):
         if len(part) < block_size + 1:
             raise ValueError(f"the {name} split has {len(part)} tokens, fewer than block_size + "
-                             f"1 = {block_size + 1}: give more text (--data) or a smaller block "
-                             "size")
+                             f"1 = {block_size + 1}: give more text (--data) or a smaller "
+                             "--block-size")
     return train_ids, val_ids
 
 

@@ -27,7 +27,7 @@ from minitx import backend
 from minitx.checkpoint import CheckpointError, resolve
 from minitx.commands.train import TRAIN_FLAGS, check_out_dir
 from minitx.data import fingerprint, load_text
-from minitx.train import TrainConfig, Trainer, prepare_data
+from minitx.train import TrainConfig, Trainer, prepare_data, split_ids
 
 QUANT = ("nf4", "int4", "int8", "gguf", "none")
 
@@ -129,18 +129,6 @@ def _paged(trainer):
     trainer.optimizer = PagedAdamW(groups, lr=trainer.tc.lr, betas=trainer.tc.betas)
 
 
-def _split(ids, tc, block_size):
-    """Train / validation ids of the tokenized text, each checked long enough."""
-    from minitx.data import train_val_split
-    train_ids, val_ids = train_val_split(ids, tc.val_fraction)
-    for name, part in (("training", train_ids), ("validation", val_ids)):
-        if len(part) < block_size + 1:
-            raise ValueError(f"the {name} split has {len(part)} tokens, fewer than block_size + "
-                             f"1 = {block_size + 1}: give more text (--data) or a smaller "
-                             "--block-size")
-    return train_ids, val_ids
-
-
 def _new_model(args, targets, quant, tc):
     """The frozen base (checkpoint or GGUF file) with fresh adapters on the --target layers."""
     from minitx import random as _random
@@ -182,7 +170,7 @@ def run(args):
     if gguf:
         from minitx.gguf import load_tokenizer
         ids = np.asarray(load_tokenizer(base).encode(text), dtype=np.int64)
-        train_ids, val_ids = _split(ids, tc, model.config.block_size)
+        train_ids, val_ids = split_ids(ids, tc, model.config.block_size)
     else:
         train_ids, val_ids = prepare_data(text, tc, model.config.block_size)
     info = run_info(base, model, quant, ckpt, tc, gguf=gguf)
