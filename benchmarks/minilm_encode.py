@@ -1,6 +1,6 @@
 """MiniLM `encode` against PyTorch + transformers: 256 sentences, 1 thread, CPU and wall time.
 
-    python benchmarks/minilm_encode.py [--torch-python /work/venvs/hf/bin/python]
+    python benchmarks/minilm_encode.py [--torch-python VENV/bin/python]
         [--rounds 3] [--repeats 1] [--threads 1] [--backends c] [--profile]
 
 Two sets of 256 sentences, made from a fixed word list with seed 0: `mixed` (4-160 words each)

@@ -18,7 +18,7 @@ elements (an out-of-bounds write is caught even when it does not crash).
 Cases run in child processes, a batch per kernel: a crash, abort or hang kills the child, is
 reported as that case's failure, and a new child continues with the next case.
 
-Registering a kernel (see /work/notes/adversarial.md):
+Registering a kernel:
 
     from adversarial import Kernel, register, check_kernels
     register(Kernel("my_op", c="minitx_c:my_op", twin="minitx.kernels.x:my_op",

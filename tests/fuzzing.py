@@ -10,7 +10,7 @@ space is capped with `resource.setrlimit(RLIMIT_AS, ...)` (a large allocation fa
 MemoryError and is reported) and which `signal.alarm` kills if it runs too long (reported as a
 hang, naming the case that was running). Batching many cases per fork keeps the test fast.
 
-API (documented for other formats in /work/notes/fuzz.md):
+API (the same for every file format):
     byte_mutations(valid_bytes)         strategy of Mutation: flips, truncation, splices, ints
     Mutation(name, data)                a corrupted file and how it was made
     run_batch(load_fn, mutations, own_errors, check=None, ...) -> list of failure strings

@@ -7,7 +7,7 @@ dequantized copy of the whole weight: they widen int8 to int16 and use the proce
 int32 per instruction) for `matmul_int8`, and dequantize one tile at a time for the weight-only
 kernels. The NumPy versions below compute the same numbers the plain way.
 
-Conventions (shared with `minitx.quant`; see also /work/notes/int8_api.md):
+Conventions (shared with `minitx.quant`):
   * Symmetric quantization, no zero point:  w[n, k] ~= q[n, k] * scale[n, k // group_size].
   * int8 weights: q in [-127, 127] (-128 is accepted and multiplied exactly).
   * int4 weights: q in [-8, 7], packed two per byte along K, *offset binary*:
