@@ -18,7 +18,7 @@ import numpy as np
 
 from minitx import random as _random
 from minitx.autograd import Function, Tensor
-from minitx.attention.checks import check_layout
+from minitx.attention.checks import check_block_size, check_layout
 from minitx.attention.flash1 import flash1_backward, flash1_forward
 from minitx.attention.flash2 import flash2_backward, flash2_forward
 from minitx.attention.masks import mask_to_bias, resolve_window
@@ -164,10 +164,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         raise ValueError(f"block_size={block_size!r} needs a block_layout (it is the layout's "
                          "block, not a tuning knob)")
     if block_layout is not None:
-        if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) \
-                or block_size < 1:
-            raise ValueError(f"block_size must be an int >= 1 with a block_layout, got "
-                             f"{block_size!r}")
+        check_block_size(block_size)
         block_layout = check_layout(block_layout, Hq, Nq, Nk, block_size, block_size)
     if impl == "c":
         _c_kernels()                                           # fail early if not built

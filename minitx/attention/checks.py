@@ -56,6 +56,14 @@ def check_qkv(q, k, v, bias, scale, Br=None, Bc=None):
     return B, Hq, Hkv, Nq, Nk, d, scale
 
 
+def check_block_size(block_size):
+    """The tile of a block layout: an int >= 1 (ValueError naming the value otherwise)."""
+    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) \
+            or block_size < 1:
+        raise ValueError(f"block_size must be an int >= 1 with a block_layout, got "
+                         f"{block_size!r}")
+
+
 def check_layout(block_layout, Hq, Nq, Nk, Br, Bc):
     """Validate a block-sparse layout; return it as a bool array (Hl, Tr, Tc), Hl in {1, Hq}.
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from minitx.backend import matmul
 
-from minitx.attention.checks import check_layout, check_qkv, group_bias, group_heads
+from minitx.attention.checks import check_block_size, check_layout, check_qkv, group_bias, group_heads
 from minitx.attention.masks import (layout_heads, layout_to_mask, matmul_allowed, resolve_window,
                                     tile_allowed, tile_kind)
 
@@ -95,10 +95,7 @@ def _allowed_pairs(bias, Hq, Hkv, Nq, Nk, is_causal, window, block_layout, block
     kind = "partial" if kind == "skip" else kind               # all masked: still a mask
     heads = None
     if block_layout is not None:
-        if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) \
-                or block_size < 1:
-            raise ValueError(f"block_size must be an int >= 1 with a block_layout, got "
-                             f"{block_size!r}")
+        check_block_size(block_size)
         lay = check_layout(block_layout, Hq, Nq, Nk, block_size, block_size)
         heads = layout_heads(layout_to_mask(lay, block_size, Nq, Nk), Hkv)  # (1, Hkv|1, G|1, Nq, Nk)
     return tile_allowed(group_bias(bias, Hkv), 0, Nq, 0, Nk, kind, Nq, Nk, left, right, heads)

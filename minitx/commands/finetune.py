@@ -25,7 +25,7 @@ import numpy as np
 
 from minitx import backend
 from minitx.checkpoint import CheckpointError, resolve
-from minitx.commands.train import TRAIN_FLAGS, check_out_dir
+from minitx.commands.train import TRAIN_FLAGS, add_train_flags, check_out_dir
 from minitx.data import fingerprint, load_text
 from minitx.train import TrainConfig, Trainer, prepare_data, split_ids
 
@@ -57,13 +57,8 @@ def add_parser(sub):
     p.add_argument("--paged-optim", action="store_true",
                    help="keep the AdamW moments in memory-mapped files (PagedAdamW)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
-    d = TrainConfig(lr=1e-3, max_steps=200, warmup=10, eval_interval=50, ckpt_interval=50)
-    for name in TRAIN_FLAGS:
-        default = getattr(d, name)
-        kind = float if name in ("lr", "min_lr", "weight_decay", "grad_clip") else int
-        p.add_argument("--" + name.replace("_", "-"), type=kind,
-                       default=None if name == "min_lr" else default,
-                       help=f"(default: {'lr / 10' if name == 'min_lr' else default})")
+    add_train_flags(p, TrainConfig(lr=1e-3, max_steps=200, warmup=10, eval_interval=50,
+                                   ckpt_interval=50))
     return p
 
 

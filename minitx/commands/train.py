@@ -16,6 +16,17 @@ ATTENTION = ("naive", "flash1", "flash2", "c")
 PACING = ("fixed_linear", "fixed_root", "fixed_discrete", "two_stage")
 
 
+def add_train_flags(p, d):
+    """One --flag per TrainConfig field in TRAIN_FLAGS, defaulting to d's value (min_lr: None,
+    meaning lr / 10)."""
+    for name in TRAIN_FLAGS:
+        default = getattr(d, name)
+        kind = float if name in ("lr", "min_lr", "weight_decay", "grad_clip") else int
+        p.add_argument("--" + name.replace("_", "-"), type=kind,
+                       default=None if name == "min_lr" else default,
+                       help=f"(default: {'lr / 10' if name == 'min_lr' else default})")
+
+
 def add_parser(sub):
     p = sub.add_parser("train", help="train a GPT (default: the embedded corpus)")
     p.set_defaults(_parser=p)
@@ -39,13 +50,7 @@ def add_parser(sub):
     p.add_argument("--init-from", default=None, metavar="HFDIR",
                    help="initial weights (and model config) from a Hugging Face GPT-2 or Llama "
                         "directory instead of random ones")
-    d = TrainConfig()
-    for name in TRAIN_FLAGS:
-        default = getattr(d, name)
-        kind = float if name in ("lr", "min_lr", "weight_decay", "grad_clip") else int
-        p.add_argument("--" + name.replace("_", "-"), type=kind,
-                       default=None if name == "min_lr" else default,
-                       help=f"(default: {'lr / 10' if name == 'min_lr' else default})")
+    add_train_flags(p, TrainConfig())
     add_growth_flags(p)
     p.add_argument("--sample-tokens", type=int, default=200,
                    help="print a sample of this many bytes after training (0: none)")
