@@ -36,15 +36,8 @@ cdef extern from "vmath.h" nogil:
     void mtx_silu_fwd_f32(const float *x, float *y, float *s, int64_t n)
     void mtx_silu_bwd_f32(const float *dy, const float *x, const float *s, float *dx, int64_t n)
 
-cdef extern from "rowsum.h" nogil:      # row sums in double, 8 interleaved partial sums
-    double mtx_sumsq_dev_f32(const float *x, double mu, Py_ssize_t n)
-    double mtx_sumsq_dev_f64(const double *x, double mu, Py_ssize_t n)
-    double mtx_dot_f32(const float *dy, const float *w, Py_ssize_t n)
-    double mtx_dot_f64(const double *dy, const double *w, Py_ssize_t n)
-    double mtx_dot_dev_f32(const float *dy, const float *w, const float *x, double mu,
-                           Py_ssize_t n)
-    double mtx_dot_dev_f64(const double *dy, const double *w, const double *x, double mu,
-                           Py_ssize_t n)
+from minitx_c.rowsum cimport (mtx_sumsq_dev_f32, mtx_sumsq_dev_f64, mtx_dot_f32,
+                              mtx_dot_f64, mtx_dot_dev_f32, mtx_dot_dev_f64)
 
 ctypedef fused real:
     float
