@@ -472,18 +472,22 @@ cdef void _bwd(const Shape *s, const real *q, const real *k, const real *v, cons
 
 # ------------------------------------------------------------------ Python entry points
 
-cdef Shape _shape(q, k, v, bias, scale, is_causal, window, Br, Bc) except *:
+cdef Shape _shape(q, k, v, bias, scale, is_causal, window, Br, Bc, direction) except *:
     """Validate the inputs with the NumPy reference's own checks, then fill a Shape.
 
     The rules and messages live once, in minitx.attention.checks and .masks (imported here, at
     call time, because minitx imports minitx_c while it initialises)."""
     cdef Shape s
-    from minitx.attention.checks import check_qkv
+    from minitx.attention import checks
     from minitx.attention.masks import resolve_window
-    for name, blk in (("Br", Br), ("Bc", Bc)):
-        if blk is None:                 # check_qkv lets None through (the NumPy default)
-            raise ValueError(f"block size {name} must be an int >= 1, got None")
-    s.B, s.Hq, s.Hkv, s.Nq, s.Nk, s.d, s.scale = check_qkv(q, k, v, bias, scale, Br, Bc)
+    s.B, s.Hq, s.Hkv, s.Nq, s.Nk, s.d, s.scale = checks.check_qkv(q, k, v, bias, scale, Br, Bc)
+    if direction == "backward":                                # None: the twin's default tiles
+        target = checks.BWD_TILE
+    elif is_causal or window is not None:
+        target = checks.FWD_TILE_SKIPPING
+    else:
+        target = checks.FWD_TILE
+    Br, Bc = checks.default_tiles(Br, Bc, s.Nq, s.Nk, target)
     s.nonfinite = False
     s.Hl, s.layout = 1, NULL
     s.G = s.Hq // s.Hkv
@@ -497,34 +501,34 @@ cdef Shape _shape(q, k, v, bias, scale, is_causal, window, Br, Bc) except *:
     return s
 
 
-cdef object _layout(block_layout, Shape *s, Br, Bc):
+cdef object _layout(block_layout, Shape *s):
     """Validate a block layout with the reference's check_layout; return it as contiguous uint8
     (Hl, Tr, Tc) (or None) and set s.Hl."""
     from minitx.attention.checks import check_layout
-    lay = check_layout(block_layout, s.Hq, s.Nq, s.Nk, Br, Bc)
+    lay = check_layout(block_layout, s.Hq, s.Nq, s.Nk, s.Br, s.Bc)
     if lay is None:
         return None
     s.Hl = lay.shape[0]
     return np.ascontiguousarray(lay, dtype=np.uint8)
 
 
-def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None, Br=96, Bc=96,
-                   block_layout=None):
+def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None, Br=None,
+                   Bc=None, block_layout=None):
     """FlashAttention-2 forward (Algorithm 1), twin of minitx.attention.flash2.flash2_forward.
 
     Args:
         q: (B, Hq, Nq, d); k, v: (B, Hkv, Nk, d), Hq a multiple of Hkv; float32 or float64.
         bias: None or additive (Bb, Hb, Nq, Nk), Bb in {1, B}, Hb in {1, Hq}.
         scale: None means 1/sqrt(d). is_causal: bottom-right aligned. window: (left, right).
-        Br, Bc: block sizes (any ints >= 1).
+        Br, Bc: block sizes (any ints >= 1); None: the twin's default (checks.default_tiles).
         block_layout: None or bool (Tr, Tc) / (1 or Hq, Tr, Tc) block-sparse layout over tiles
             Br = Bc (checks.check_layout); tiles outside it are never read.
     Returns:
         o (B, Hq, Nq, d) and L (B, Hq, Nq) row logsumexp (+inf for fully masked rows).
     """
-    cdef Shape s = _shape(q, k, v, bias, scale, is_causal, window, Br, Bc)
+    cdef Shape s = _shape(q, k, v, bias, scale, is_causal, window, Br, Bc, "forward")
     cdef const unsigned char[:, :, ::1] lay_v
-    lay = _layout(block_layout, &s, Br, Bc)                  # kept alive until the kernel returns
+    lay = _layout(block_layout, &s)                          # kept alive until the kernel returns
     if lay is not None:
         lay_v = lay
         s.layout = &lay_v[0, 0, 0]
@@ -546,20 +550,20 @@ def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None,
 
 
 def flash2_backward(q, k, v, bias, o, L, do, scale=None, is_causal=False, window=None,
-                    Br=64, Bc=192, block_layout=None):
+                    Br=None, Bc=None, block_layout=None):
     """FlashAttention-2 backward (Algorithm 2), twin of minitx.attention.flash2.flash2_backward.
 
     Args:
         q, k, v, bias, scale, is_causal, window: as given to flash2_forward.
-        Br, Bc: block sizes (independent of the forward's; taller K/V blocks suit the backward).
+        Br, Bc: block sizes (independent of the forward's); None: the twin's default.
         block_layout: as in flash2_forward (then Br = Bc = its block size).
         o: (B, Hq, Nq, d), L: (B, Hq, Nq) from flash2_forward; do: (B, Hq, Nq, d).
     Returns:
         dq (B, Hq, Nq, d), dk (B, Hkv, Nk, d), dv (B, Hkv, Nk, d).
     """
-    cdef Shape s = _shape(q, k, v, bias, scale, is_causal, window, Br, Bc)
+    cdef Shape s = _shape(q, k, v, bias, scale, is_causal, window, Br, Bc, "backward")
     cdef const unsigned char[:, :, ::1] lay_v
-    lay = _layout(block_layout, &s, Br, Bc)                  # kept alive until the kernel returns
+    lay = _layout(block_layout, &s)                          # kept alive until the kernel returns
     if lay is not None:
         lay_v = lay
         s.layout = &lay_v[0, 0, 0]

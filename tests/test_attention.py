@@ -18,7 +18,7 @@ TOL = {
     "float64": 1e-10,     # every NumPy implementation equals naive to ~1e-10 (issue 3)
     "float32": 2e-5,      # entry point in float32 vs the float64 reference
 }
-AVAILABLE_IMPLS = [i for i in IMPLS if i != "c" or backend.c_available()]
+AVAILABLE_IMPLS = [i for i in IMPLS if i != "auto" and (i != "c" or backend.c_available())]
 
 
 def assert_close(name, got, want, tol):
@@ -226,3 +226,17 @@ def test_naive_dropout_is_inverted_dropout_on_probabilities():
     assert_close("dropout", y, (p * keep / 0.6) @ v, TOL["float64"])
     assert_close("dropout_p=0", sdpa(q, k, v, dropout_p=0.0).data, reference_sdpa(q, k, v),
                  TOL["float64"])
+
+
+def test_auto_runs_the_backends_kernel(on_backend):
+    """impl="auto" (the GPT's default) is the Cython kernel on the c backend and naive NumPy
+    on the numpy backend or with dropout, and gives exactly what the impl it names gives."""
+    from minitx.attention import resolve_impl
+    want = "c" if on_backend == "c" else "naive"
+    assert resolve_impl("auto") == want
+    assert resolve_impl("auto", dropout_p=0.1) == "naive"
+    assert resolve_impl("flash1") == "flash1"
+    rng = np.random.default_rng(5)
+    q, k, v = (rng.standard_normal((2, 3, 9, 4)) for _ in range(3))
+    got = sdpa(q, k, v, is_causal=True, impl="auto").data
+    np.testing.assert_array_equal(got, sdpa(q, k, v, is_causal=True, impl=want).data)

@@ -36,7 +36,8 @@ class GPTConfig:
     pos: str = "learned"           # "learned" | "rope"
     mlp: str = "gelu"              # "gelu" (tanh GELU) | "swiglu"
     tie_weights: bool = True       # lm_head shares wte's weight
-    attention: str = "naive"       # implementation passed to F.scaled_dot_product_attention
+    attention: str = "auto"        # F.scaled_dot_product_attention's impl; "auto": the Cython
+                                   # kernel on the c backend, the NumPy reference "naive" otherwise
     # The fields below default to None and are resolved in __post_init__, so a saved config is
     # explicit and a checkpoint written before they existed loads with the values it was built with.
     head_dim: int = None           # d; the attention's inner width is H * d, independent of C
