@@ -62,6 +62,7 @@ cdef struct Shape:
     Py_ssize_t left, right          # window, -1 = unbounded (masks.resolve_window)
     double scale
     bint nonfinite                  # backward: q, k, v or do holds NaN/inf (masks needed)
+    Py_ssize_t tile_r, tile_c       # Br, Bc as asked (or defaulted) before clipping to Nq, Nk
     Py_ssize_t Hl                   # block layout: 1 (shared) or Hq (per query head) layouts
     const unsigned char *layout     # (Hl, Tr, Tc), 0 = tile never read; NULL = dense
 
@@ -85,6 +86,19 @@ cdef inline bint _allowed(const Shape *s, Py_ssize_t r, Py_ssize_t c) noexcept n
     if s.right >= 0 and c > pos + s.right:
         return False
     return True
+
+
+cdef inline void _allowed_cols(const Shape *s, Py_ssize_t r0, Py_ssize_t nr, Py_ssize_t c,
+                               Py_ssize_t *lo, Py_ssize_t *hi) noexcept nogil:
+    """The query rows r0 + [lo, hi) (0 <= lo <= hi <= nr) that may see key c: _allowed solved
+    for r (c <= pos + right and c >= pos - left, pos = r + Nk - Nq)."""
+    cdef Py_ssize_t off = s.Nk - s.Nq, a = 0, b = nr
+    if s.right >= 0:
+        a = max(a, c - s.right - off - r0)
+    if s.left >= 0:
+        b = min(b, c + s.left - off - r0 + 1)
+    a = min(a, nr)
+    lo[0], hi[0] = a, max(a, b)
 
 
 cdef inline bint _ok(const Shape *s, const real *biash, Py_ssize_t r, Py_ssize_t c) noexcept nogil:
@@ -304,10 +318,14 @@ cdef void _bwd_tile(const Shape *s, int kind, Py_ssize_t r0, Py_ssize_t nr, Py_s
     """Alg2 lines 10-16 for tile (i, j), on transposed tiles (keys as rows). Qi, KTj, dOi are
     packed with non-finite entries as 0; qbad, dobad (Nq,) and kbad (Nk,) flag those rows of
     qh, doh (Nq, d) and kh (Nk, d), which are added back over allowed pairs only."""
-    cdef Py_ssize_t Brp = s.Brp, Bcp = s.Bcp, d = s.d, dp = s.dp, r, c, t
+    cdef Py_ssize_t Brp = s.Brp, Bcp = s.Bcp, d = s.d, dp = s.dp, r, c, t, lo, hi
     cdef bint masked = kind == PARTIAL or biash != NULL
-    cdef bint use_mask = masked or s.nonfinite        # with finite inputs, exp(-inf) and L = inf
-    cdef real x                                       # already give 0 on padding rows
+    # With finite inputs and no bias, exp(-inf) and L = inf already give 0 on padding rows, a
+    # causal/window tile's mask is a range of query columns per key row (_allowed_cols), and
+    # dS = P (dP - D) is 0 wherever P is. A bias (-inf entries) or non-finite inputs (NaN must not
+    # leak from masked pairs) take the general per-pair mask M^T instead.
+    cdef bint use_mask = biash != NULL or s.nonfinite
+    cdef real x
     cdef real *row
     cdef real *mrow
     if use_mask:
@@ -332,6 +350,10 @@ cdef void _bwd_tile(const Shape *s, int kind, Py_ssize_t r0, Py_ssize_t nr, Py_s
             mrow = MT + c * Brp
             for r in range(Brp):                              # exactly 0 where masked or
                 row[r] = row[r] if mrow[r] != 0 else 0        # padding, even if S or L is NaN
+        elif kind == PARTIAL:
+            _allowed_cols(s, r0, nr, c0 + c, &lo, &hi)
+            memset(row, 0, lo * sizeof(real))                 # 0 outside the allowed columns
+            memset(row + hi, 0, (Brp - hi) * sizeof(real))
     _gemm(1, Bcp, dp, Brp, PT, Brp, dOi, dp, dVj, dp)         # Alg2 l.12: dV_j += P^T dO_i
     for r in range(nr):                                       # ... + non-finite dO rows
         if dobad[r0 + r] != 0:
@@ -488,6 +510,7 @@ cdef Shape _shape(q, k, v, bias, scale, is_causal, window, Br, Bc, direction) ex
     else:
         target = checks.FWD_TILE
     Br, Bc = checks.default_tiles(Br, Bc, s.Nq, s.Nk, target)
+    s.tile_r, s.tile_c = Br, Bc
     s.nonfinite = False
     s.Hl, s.layout = 1, NULL
     s.G = s.Hq // s.Hkv
@@ -505,7 +528,7 @@ cdef object _layout(block_layout, Shape *s):
     """Validate a block layout with the reference's check_layout; return it as contiguous uint8
     (Hl, Tr, Tc) (or None) and set s.Hl."""
     from minitx.attention.checks import check_layout
-    lay = check_layout(block_layout, s.Hq, s.Nq, s.Nk, s.Br, s.Bc)
+    lay = check_layout(block_layout, s.Hq, s.Nq, s.Nk, s.tile_r, s.tile_c)
     if lay is None:
         return None
     s.Hl = lay.shape[0]
