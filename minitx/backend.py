@@ -60,6 +60,7 @@ TWINS = {
     "layer_norm_backward": "minitx.kernels.fused",
     "cross_entropy_fused": "minitx.kernels.fused_ops",
     "adamw_step": "minitx.kernels.fused_ops",
+    "rope_rotate": "minitx.kernels.fused_ops",
     "erf": "minitx.kernels.fused_act",
     "gelu_forward": "minitx.kernels.fused_act",
     "gelu_backward": "minitx.kernels.fused_act",

@@ -88,6 +88,19 @@ cdef inline bint _allowed(const Shape *s, Py_ssize_t r, Py_ssize_t c) noexcept n
     return True
 
 
+cdef inline void _allowed_keys(const Shape *s, Py_ssize_t r, Py_ssize_t c0, Py_ssize_t nc,
+                               Py_ssize_t *lo, Py_ssize_t *hi) noexcept nogil:
+    """The keys c0 + [lo, hi) (0 <= lo <= hi <= nc) that query row r may see: _allowed solved
+    for c (pos - left <= c <= pos + right, pos = r + Nk - Nq)."""
+    cdef Py_ssize_t pos = r + s.Nk - s.Nq, a = 0, b = nc
+    if s.left >= 0:
+        a = max(a, pos - s.left - c0)
+    if s.right >= 0:
+        b = min(b, pos + s.right - c0 + 1)
+    a = min(a, nc)
+    lo[0], hi[0] = a, max(a, b)
+
+
 cdef inline void _allowed_cols(const Shape *s, Py_ssize_t r0, Py_ssize_t nr, Py_ssize_t c,
                                Py_ssize_t *lo, Py_ssize_t *hi) noexcept nogil:
     """The query rows r0 + [lo, hi) (0 <= lo <= hi <= nr) that may see key c: _allowed solved
@@ -186,7 +199,7 @@ cdef void _fwd_q_block(const Shape *s, const real *Qh, const real *KTh, const re
     scratch tiles."""
     cdef Py_ssize_t Br = s.Br, Bc = s.Bc, Brp = s.Brp, Bcp = s.Bcp, d = s.d, dp = s.dp
     cdef Py_ssize_t r0 = i * Br, r1 = min(r0 + Br, s.Nq), nr = r1 - r0
-    cdef Py_ssize_t j, c0, c1, nc, r, c, t
+    cdef Py_ssize_t j, c0, c1, nc, r, c, t, lo, hi
     cdef int kind
     cdef real mx, m_new, m_use, alpha, rowsum, inv, bv
     cdef real *Sr
@@ -212,10 +225,12 @@ cdef void _fwd_q_block(const Shape *s, const real *Qh, const real *KTh, const re
                 for c in range(nc):
                     bv = biash[(r0 + r) * s.Nk + c0 + c]
                     Sr[c] = -INFINITY if bv == -INFINITY else Sr[c] + bv   # -inf even if S NaN
-            if kind == PARTIAL:
-                for c in range(nc):
-                    if not _allowed(s, r0 + r, c0 + c):
-                        Sr[c] = -INFINITY
+            if kind == PARTIAL:                               # -inf outside the row's keys
+                _allowed_keys(s, r0 + r, c0, nc, &lo, &hi)
+                for c in range(lo):
+                    Sr[c] = -INFINITY
+                for c in range(hi, nc):
+                    Sr[c] = -INFINITY
             if real is float:
                 mx = mtx_rowmax_f(Sr, <int>nc)
             else:

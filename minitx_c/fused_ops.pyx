@@ -1,5 +1,5 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""Cython twins of `minitx/kernels/fused_ops.py`: fused cross-entropy and the AdamW update.
+"""Cython twins of `minitx/kernels/fused_ops.py`: fused cross-entropy, the AdamW update, RoPE.
 
 Same names, signatures, validation (the reference's own `check_*`, before the GIL is released)
 and operation order as the NumPy twins. Rows (cross-entropy) or blocks of elements (AdamW) run
@@ -15,7 +15,7 @@ cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.math cimport exp, expf, log, logf, sqrt, sqrtf
 from minitx_c.runtime cimport num_threads
-from minitx.kernels.fused_ops import check_adamw, check_cross_entropy
+from minitx.kernels.fused_ops import check_adamw, check_cross_entropy, check_rope
 
 cnp.import_array()
 
@@ -176,3 +176,46 @@ def adamw_step(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_d
     for a, a_c in ((param, p), (exp_avg, m), (exp_avg_sq, v)):
         if a_c is not a:
             a[...] = a_c
+
+
+# ---------------------------------------------------------------------------- RoPE
+cdef void _rope(const real[:, :, ::1] x, const real[:, ::1] c, const real[:, ::1] s,
+                real[:, :, ::1] y, int nt) noexcept nogil:
+    """x, y (R, T, d): y = (x1 c - x2 s, x1 s + x2 c) per row t; c, s (T, d/2)."""
+    cdef Py_ssize_t R = x.shape[0], T = x.shape[1], h = x.shape[2] // 2, r, t, i
+    cdef real x1, x2, p, q
+    for r in prange(R, schedule="static", num_threads=nt):
+        for t in range(T):
+            for i in range(h):
+                x1 = x[r, t, i]
+                x2 = x[r, t, h + i]
+                p = x1 * c[t, i]                  # each product rounded, as NumPy's twin
+                q = x2 * s[t, i]
+                y[r, t, i] = p - q
+                p = x1 * s[t, i]
+                q = x2 * c[t, i]
+                y[r, t, h + i] = p + q
+
+
+def rope_rotate(x, cos, sin):
+    """Rotate the pairs (x[..., :d/2], x[..., d/2:]) (twin of the NumPy reference, bit for bit).
+
+    Args:
+        x: (..., T, d) float32/float64, any strides; cos, sin: (T, d/2) (cast to x's dtype).
+    Returns:
+        y (..., T, d), a new C-contiguous array of x's dtype.
+    """
+    check_rope(x, cos, sin)
+    T, d = x.shape[x.ndim - 2], x.shape[x.ndim - 1]   # (wraparound is off in this module)
+    R = int(np.prod(x.shape[:x.ndim - 2], dtype=np.int64))       # rows of (T, d)
+    xc = _aligned_c(x).reshape(R, T, d)
+    c = np.require(cos, dtype=x.dtype, requirements=("C", "A"))
+    s = np.require(sin, dtype=x.dtype, requirements=("C", "A"))
+    y = np.empty(xc.shape, dtype=x.dtype)
+    nt = num_threads() if y.size >= PARALLEL_MIN else 1
+    if y.size:
+        if x.dtype == np.float32:
+            _rope[float](xc, c, s, y, nt)
+        else:
+            _rope[double](xc, c, s, y, nt)
+    return y.reshape(x.shape)

@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from minitx import backend
 from minitx import random as _random
 from minitx.attention.patterns import STATEFUL, Pattern, parse_layers
 from minitx.attention.stream import stream_attention
@@ -151,10 +152,9 @@ class _Rope(Function):
 
 
 def _rotate(x, cos, sin):
-    h = x.shape[-1] // 2
-    x1, x2 = x[..., :h], x[..., h:]                                # (B, H, T, d/2)
-    c, s = cos.astype(x.dtype), sin.astype(x.dtype)                # (T, d/2)
-    return np.concatenate([x1 * c - x2 * s, x1 * s + x2 * c], axis=-1)
+    """(x1 cos - x2 sin, x1 sin + x2 cos) for x (B, H, T, d), tables (T, d/2): the kernel
+    rope_rotate (minitx/kernels/fused_ops.py holds its NumPy reference)."""
+    return backend.kernel("rope_rotate")(x, cos, sin)
 
 
 # ============================== blocks =======================================================
