@@ -169,6 +169,27 @@ static void mtx_gemm_f(int acc, int M, int N, int K, const float *A, int lda,
 }
 #endif
 
+/* ---------------------------------------------------------------- all finite? */
+/* 1 if no element of x[0 .. n) is inf or NaN: x * 0 is +-0 for a finite x and NaN otherwise,
+ * summed in 16 independent lanes (so the loop vectorises) and tested once at the end. */
+#define MTX_FINITE_LANES 16
+#define MTX_ALL_FINITE(NAME, T)                                                              \
+static int NAME(const T *x, long n)                                                          \
+{                                                                                            \
+    T acc[MTX_FINITE_LANES] = {0}, sum = 0;                                                  \
+    long i = 0;                                                                              \
+    for (; i + MTX_FINITE_LANES <= n; i += MTX_FINITE_LANES)                                 \
+        for (int j = 0; j < MTX_FINITE_LANES; j++)                                           \
+            acc[j] += x[i + j] * 0;                                                          \
+    for (; i < n; i++)                                                                       \
+        acc[0] += x[i] * 0;                                                                  \
+    for (int j = 0; j < MTX_FINITE_LANES; j++)                                               \
+        sum += acc[j];                                                                       \
+    return sum == 0;                                                                         \
+}
+MTX_ALL_FINITE(mtx_all_finite_f, float)
+MTX_ALL_FINITE(mtx_all_finite_d, double)
+
 /* ---------------------------------------------------------------- exponentials */
 
 #if MTX_HAVE_AVX2

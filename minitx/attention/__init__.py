@@ -88,6 +88,8 @@ class _Attention(Function):
             ctx.save_for_backward(q, k, v, bias, o, m, l)
         else:
             fwd = flash2_forward if impl == "flash2" else _c_kernels()[0]
+            if impl == "c":              # the kernel reads C-ordered rows: copy a permuted view
+                q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))   # once, for both passes
             o, L = fwd(q, k, v, bias, **ctx.opts)
             ctx.save_for_backward(q, k, v, bias, o, L)
         return o.reshape(query.shape)
