@@ -511,7 +511,7 @@ cdef void _bwd(const Shape *s, const real *q, const real *k, const real *v, cons
 
 # ------------------------------------------------------------------ Python entry points
 
-cdef Shape _shape(q, k, v, bias, scale, is_causal, window, Br, Bc, direction) except *:
+cdef Shape _shape(q, k, v, bias, scale, is_causal, window, Br, Bc) except *:
     """Validate the inputs with the NumPy reference's own checks, then fill a Shape.
 
     The rules and messages live once, in minitx.attention.checks and .masks (imported here, at
@@ -520,19 +520,13 @@ cdef Shape _shape(q, k, v, bias, scale, is_causal, window, Br, Bc, direction) ex
     from minitx.attention import checks
     from minitx.attention.masks import resolve_window
     s.B, s.Hq, s.Hkv, s.Nq, s.Nk, s.d, s.scale = checks.check_qkv(q, k, v, bias, scale, Br, Bc)
-    if direction == "backward":                                # None: the twin's default tiles
-        target = checks.BWD_TILE
-    elif is_causal or window is not None:
-        target = checks.FWD_TILE_SKIPPING
-    else:
-        target = checks.FWD_TILE
-    Br, Bc = checks.default_tiles(Br, Bc, s.Nq, s.Nk, target)
-    s.tile_r, s.tile_c = Br, Bc
     s.nonfinite = False
     s.Hl, s.layout = 1, NULL
     s.G = s.Hq // s.Hkv
     s.Bb, s.Hb = (1, 1) if bias is None else bias.shape[:2]
     s.left, s.right = resolve_window(is_causal, window)
+    Br, Bc = checks.default_tiles(Br, Bc, s.Nq, s.Nk, skipping=s.left >= 0 or s.right >= 0)
+    s.tile_r, s.tile_c = Br, Bc
     s.Br, s.Bc = min(Br, s.Nq), min(Bc, s.Nk)         # a block never needs to exceed N
     s.Brp, s.Bcp, s.dp = _round16(s.Br), _round16(s.Bc), _round16(s.d)
     s.Tr, s.Tc = (s.Nq + s.Br - 1) // s.Br, (s.Nk + s.Bc - 1) // s.Bc
@@ -584,7 +578,7 @@ def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None,
     Returns:
         o (B, Hq, Nq, d) and L (B, Hq, Nq) row logsumexp (+inf for fully masked rows).
     """
-    cdef Shape s = _shape(q, k, v, bias, scale, is_causal, window, Br, Bc, "forward")
+    cdef Shape s = _shape(q, k, v, bias, scale, is_causal, window, Br, Bc)
     cdef const unsigned char[:, :, ::1] lay_v
     lay = _layout(block_layout, &s)                          # kept alive until the kernel returns
     if lay is not None:
@@ -619,7 +613,7 @@ def flash2_backward(q, k, v, bias, o, L, do, scale=None, is_causal=False, window
     Returns:
         dq (B, Hq, Nq, d), dk (B, Hkv, Nk, d), dv (B, Hkv, Nk, d).
     """
-    cdef Shape s = _shape(q, k, v, bias, scale, is_causal, window, Br, Bc, "backward")
+    cdef Shape s = _shape(q, k, v, bias, scale, is_causal, window, Br, Bc)
     cdef const unsigned char[:, :, ::1] lay_v
     lay = _layout(block_layout, &s)                          # kept alive until the kernel returns
     if lay is not None:

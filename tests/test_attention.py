@@ -2,7 +2,7 @@
 reference; masks, windows, GQA, ragged blocks, fully masked rows; the public entry point."""
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, strategies as st
 
 import minitx
 from minitx import backend
@@ -240,3 +240,15 @@ def test_auto_runs_the_backends_kernel(on_backend):
     q, k, v = (rng.standard_normal((2, 3, 9, 4)) for _ in range(3))
     got = sdpa(q, k, v, is_causal=True, impl="auto").data
     np.testing.assert_array_equal(got, sdpa(q, k, v, is_causal=True, impl=want).data)
+
+
+@given(st.integers(1, 20000), st.sampled_from([16, 64, 96, 128, 256]))
+def test_default_tiles_are_equal_and_fewest(n, target):
+    """tile_for: as few tiles as tiles of `target` need, each a multiple of 16 (the kernel's
+    padding) unless one tile holds all n, never above target or n."""
+    from minitx.attention.checks import tile_for
+    t = tile_for(n, target)
+    assert 1 <= t <= min(n, target)
+    assert -(-n // t) == -(-n // target)
+    assert t % 16 == 0 or t == n
+    assert tile_for(128, 96) == 64 and tile_for(256, 128) == 128

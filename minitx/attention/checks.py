@@ -56,10 +56,11 @@ def check_qkv(q, k, v, bias, scale, Br=None, Bc=None):
     return B, Hq, Hkv, Nq, Nk, d, scale
 
 
-# Default tile targets of the FlashAttention-2 twins (flash2.py, minitx_c/flash.pyx), measured
-# with the Cython kernel on one thread (d = 32 and 64, N = 100 ... 1024; 2026-11-29): forward
-# tiles of 128 unless a causal or window mask lets tiles be skipped (then 64); backward 64 x 64.
-FWD_TILE, FWD_TILE_SKIPPING, BWD_TILE = 128, 64, 64
+# Default tiles of the FlashAttention-2 twins (flash2.py, minitx_c/flash.pyx), forward and
+# backward, measured with the Cython kernel on one thread (d = 32 and 64, N = 100 ... 4096;
+# 2026-11-29): equal tiles near 128, or near 64 when a causal or window mask lets tiles be
+# skipped (finer tiles skip more of the masked triangle).
+TILE, TILE_SKIPPING = 128, 64
 
 
 def tile_for(n, target):
@@ -70,8 +71,10 @@ def tile_for(n, target):
     return min(n, -(-(-(-n // count)) // 16) * 16)
 
 
-def default_tiles(Br, Bc, Nq, Nk, target):
-    """(Br, Bc) with each None replaced by tile_for(Nq or Nk, target)."""
+def default_tiles(Br, Bc, Nq, Nk, skipping):
+    """(Br, Bc) with each None replaced by tile_for(Nq or Nk, TILE_SKIPPING if `skipping` (a
+    causal or window mask) else TILE)."""
+    target = TILE_SKIPPING if skipping else TILE
     return (tile_for(Nq, target) if Br is None else Br,
             tile_for(Nk, target) if Bc is None else Bc)
 

@@ -21,9 +21,8 @@ or skipped tiles (masks.py, `matmul_allowed`).
 """
 import numpy as np
 
-from minitx.attention.checks import (BWD_TILE, FWD_TILE, FWD_TILE_SKIPPING, check_forward_outputs,
-                                     check_layout, check_qkv, default_tiles, group_bias,
-                                     group_heads)
+from minitx.attention.checks import (check_forward_outputs, check_layout, check_qkv,
+                                     default_tiles, group_bias, group_heads)
 from minitx.attention.masks import (layout_heads, layout_tile, matmul_allowed, resolve_window,
                                     tile_allowed, tile_kind)
 
@@ -70,8 +69,8 @@ def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None,
         q: (B, Hq, Nq, d); k, v: (B, Hkv, Nk, d), Hq a multiple of Hkv.
         bias: None or additive (Bb, Hb, Nq, Nk); scale: None means 1/sqrt(d).
         is_causal: bottom-right causal mask; window: (left, right) or None (see masks.py).
-        Br, Bc: block sizes (any ints >= 1; need not divide Nq, Nk). None: equal tiles of at
-            most 64 rows with a causal or window mask, else 128 (checks.default_tiles: the
+        Br, Bc: block sizes (any ints >= 1; need not divide Nq, Nk). None: equal tiles near
+            64 rows with a causal or window mask, else near 128 (checks.default_tiles: the
             fastest measured for the Cython twin).
         block_layout: None or bool (Tr, Tc) / (1 or Hq, Tr, Tc): block-sparse attention with
             tiles Br = Bc (checks.check_layout); tiles outside it are skipped, never read.
@@ -79,9 +78,8 @@ def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None,
         o (B, Hq, Nq, d) and L (B, Hq, Nq), the row logsumexp (+inf for fully masked rows).
     """
     B, Hq, Hkv, Nq, Nk, d, scale = check_qkv(q, k, v, bias, scale, Br, Bc)
-    skipping = is_causal or window is not None
-    Br, Bc = default_tiles(Br, Bc, Nq, Nk, FWD_TILE_SKIPPING if skipping else FWD_TILE)
     left, right = resolve_window(is_causal, window)
+    Br, Bc = default_tiles(Br, Bc, Nq, Nk, skipping=left >= 0 or right >= 0)
     lay = check_layout(block_layout, Hq, Nq, Nk, Br, Bc)      # None or (Hl, Tr, Tc)
     layg = None if lay is None else layout_heads(lay, Hkv)    # (1, Hkv|1, G|1, Tr, Tc)
     qg = group_heads(q, Hkv)                                   # (B, Hkv, G, Nq, d)
@@ -126,16 +124,16 @@ def flash2_backward(q, k, v, bias, o, L, do, scale=None, is_causal=False, window
         q, k, v, bias, scale, is_causal, window, block_layout: as given to flash2_forward (with
             a layout, Br = Bc = its block size).
         Br, Bc: block sizes; they need not be the forward's (only o and L pass between the
-            two). None: equal tiles of at most 64 (checks.default_tiles).
+            two). None: as in flash2_forward (checks.default_tiles).
         o: (B, Hq, Nq, d) and L: (B, Hq, Nq) returned by flash2_forward.
         do: (B, Hq, Nq, d) gradient of the loss with respect to o.
     Returns:
         dq (B, Hq, Nq, d), dk (B, Hkv, Nk, d), dv (B, Hkv, Nk, d).
     """
     B, Hq, Hkv, Nq, Nk, d, scale = check_qkv(q, k, v, bias, scale, Br, Bc)
-    Br, Bc = default_tiles(Br, Bc, Nq, Nk, BWD_TILE)
     check_forward_outputs(q, o, L, do)
     left, right = resolve_window(is_causal, window)
+    Br, Bc = default_tiles(Br, Bc, Nq, Nk, skipping=left >= 0 or right >= 0)
     lay = check_layout(block_layout, Hq, Nq, Nk, Br, Bc)      # None or (Hl, Tr, Tc)
     layg = None if lay is None else layout_heads(lay, Hkv)    # (1, Hkv|1, G|1, Tr, Tc)
     qg, og, dog = group_heads(q, Hkv), group_heads(o, Hkv), group_heads(do, Hkv)
