@@ -13,11 +13,16 @@ import math
 import numpy as np
 cimport numpy as cnp
 from cython.parallel cimport prange
-from libc.math cimport exp, expf, log, logf, sqrt, sqrtf
+from libc.math cimport exp, expf, isfinite, log, logf, sqrt, sqrtf
+from libc.string cimport memcpy
 from minitx_c.runtime cimport num_threads
 from minitx.kernels.fused_ops import check_adamw, check_cross_entropy, check_rope
 
 cnp.import_array()
+
+cdef extern from "flash_simd.h" nogil:
+    float mtx_rowmax_f(const float *x, int n)               # NaN if the row holds one
+    float mtx_exp_shift_sum_f(float *x, float shift, int n)  # x = exp(x - shift), returns sum
 
 ctypedef fused real:
     float
@@ -47,6 +52,25 @@ cdef inline real _log(real v) noexcept nogil:
         return log(v)
 
 
+cdef bint _ce_row_f32(const float *xr, float *dr, Py_ssize_t C, Py_ssize_t t,
+                      float *nll) noexcept nogil:
+    """One float32 row with a finite max, vectorised (flash_simd.h's max and exp, the sum in
+    float32 lanes): dr = softmax - onehot, nll = -logp[t]. False (nothing written) for a row
+    whose max is -inf, +inf or NaN, which the scalar loop below handles as the twin does."""
+    cdef float m = mtx_rowmax_f(xr, <int>C), s, inv
+    cdef Py_ssize_t j
+    if not isfinite(m):
+        return False
+    memcpy(dr, xr, C * sizeof(float))
+    s = mtx_exp_shift_sum_f(dr, m, <int>C)                  # dr = exp(x - m), s = its sum
+    nll[0] = -((xr[t] - m) - logf(s))
+    inv = 1 / s
+    for j in range(C):
+        dr[j] = dr[j] * inv
+    dr[t] = dr[t] - 1
+    return True
+
+
 cdef void _ce_row(const real[:, ::1] x, const cnp.int64_t[::1] target, long long ignore_index,
                   bint need_grad, real[::1] nll, real[:, ::1] dx, Py_ssize_t r) noexcept nogil:
     cdef Py_ssize_t C = x.shape[1], j
@@ -59,6 +83,9 @@ cdef void _ce_row(const real[:, ::1] x, const cnp.int64_t[::1] target, long long
             for j in range(C):
                 dx[r, j] = 0
         return
+    if real is float:
+        if need_grad and _ce_row_f32(&x[r, 0], &dx[r, 0], C, t, &nll[r]):
+            return
     m = x[r, 0]                                   # row max, for stability
     for j in range(1, C):
         if x[r, j] > m:
