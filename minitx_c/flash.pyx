@@ -337,10 +337,10 @@ cdef void _bwd_tile(const Shape *s, int kind, Py_ssize_t r0, Py_ssize_t nr, Py_s
     qh, doh (Nq, d) and kh (Nk, d), which are added back over allowed pairs only."""
     cdef Py_ssize_t Brp = s.Brp, Bcp = s.Bcp, d = s.d, dp = s.dp, r, c, t, lo, hi
     cdef bint masked = kind == PARTIAL or biash != NULL
-    # With finite inputs and no bias, exp(-inf) and L = inf already give 0 on padding rows, a
-    # causal/window tile's mask is a range of query columns per key row (_allowed_cols), and
-    # dS = P (dP - D) is 0 wherever P is. A bias (-inf entries) or non-finite inputs (NaN must not
-    # leak from masked pairs) take the general per-pair mask M^T instead.
+    # With finite inputs and no bias, exp(-inf) and L = inf already give 0 on padding rows, and
+    # a causal/window tile's mask is a range of query columns per key row (_allowed_cols). A
+    # bias (-inf entries) or non-finite inputs (NaN must not leak from masked pairs) take the
+    # general per-pair mask M^T instead.
     cdef bint use_mask = biash != NULL or s.nonfinite
     cdef real x
     cdef real *row
@@ -390,6 +390,10 @@ cdef void _bwd_tile(const Shape *s, int kind, Py_ssize_t r0, Py_ssize_t nr, Py_s
         else:
             for r in range(Brp):
                 row[r] = PT[c * Brp + r] * (row[r] - Di[r])
+            if kind == PARTIAL and c < nc:                    # exactly 0 where masked, even if
+                _allowed_cols(s, r0, nr, c0 + c, &lo, &hi)    # dP overflowed to inf
+                memset(row, 0, lo * sizeof(real))
+                memset(row + hi, 0, (Brp - hi) * sizeof(real))
     _gemm(1, Bcp, dp, Brp, dPT, Brp, Qi, dp, dKj, dp)         # Alg2 l.16: dK_j += dS^T Q_i
     for r in range(nr):                                       # ... + non-finite Q rows
         if qbad[r0 + r] != 0:
