@@ -18,7 +18,10 @@ GEMMs); `--attention` overrides the configs' attention implementation ("c" = the
 FlashAttention-2 kernel, threaded over (batch, head, query block); the configs' default is
 "naive", NumPy with OpenBLAS's batched products).
 Then minitx.profiler's table of one training step (after a warm-up step) is printed for each
-config and thread count.
+config and thread count. `--by-op` adds, per config, minitx's and PyTorch's time per kind of op
+(Linear, attention, activation, norm, RoPE, loss, optimizer, other) in one step: both profiled in
+one process of the --torch-python interpreter (which then imports minitx from this checkout),
+alternating steps, 1 thread (two OpenMP runtimes in one process would fight over 2 threads).
 
 PyTorch is never a minitx dependency: `--torch-python` names the interpreter of a throwaway
 virtualenv holding torch==2.13.0 (default: this interpreter, if it can import torch); without
@@ -50,8 +53,12 @@ def _args(argv=None):
     p.add_argument("--no-profile", action="store_true", help="skip the profiler tables")
     p.add_argument("--cpu-time", action="store_true",
                    help="time with process CPU time instead of wall-clock time")
+    p.add_argument("--by-op", action="store_true",
+                   help="also print minitx's and PyTorch's time per kind of op for one step of "
+                        "each config, both profiled in one process on 1 thread")
     # a child process measures one cell:
-    p.add_argument("--child", choices=("minitx", "torch", "profile"), help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=("minitx", "torch", "profile", "byop"),
+                   help=argparse.SUPPRESS)
     p.add_argument("--config", default="default", help=argparse.SUPPRESS)
     p.add_argument("--nthreads", type=int, default=1, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -206,9 +213,75 @@ def child(a):
             step()
         print(prof.table(sort_by="total", row_limit=20))
         return 0
+    if a.child == "byop":
+        return _by_op(cfg, batches)
     step = _minitx_step(cfg, batches) if a.child == "minitx" else \
         _torch_step(cfg, batches, a.nthreads)
     print(json.dumps({"s_per_step": _time_steps(step, a.steps, a.cpu_time)}))
+    return 0
+
+
+# Op kinds for --by-op: minitx Function names (forward and backward rows) and torch aten ops.
+_KINDS_MINITX = {"Linear": "Linear (products + bias)", "Attention": "attention",
+                 "Gelu": "activation", "Silu": "activation", "Mul": "activation",
+                 "LayerNorm": "norm", "RMSNorm": "norm", "Rope": "RoPE",
+                 "CrossEntropy": "loss", "AdamW.step": "optimizer"}
+
+
+def _kind_torch(name):
+    if name in ("aten::mm", "aten::addmm", "aten::bmm"):
+        return "Linear (products + bias)"
+    for key, kind in (("scaled_dot_product", "attention"), ("gelu", "activation"),
+                      ("silu", "activation"), ("layer_norm", "norm"), ("rms_norm", "norm"),
+                      ("log_softmax", "loss"), ("nll_loss", "loss"), ("Optimizer.step", "optimizer")):
+        if key in name:
+            return kind
+    return "other"
+
+
+def _by_op(cfg, batches, rounds=3):
+    """One process, 1 thread: minitx.profiler's self times and torch.profiler's self CPU times
+    of alternating steps, summed per op kind; medians over `rounds` steps of each."""
+    import collections
+    import minitx
+    import torch
+    from torch.profiler import profile as torch_profile
+    mstep, tstep = _minitx_step(cfg, batches), _torch_step(cfg, batches, 1)
+    for _ in range(2):
+        mstep()
+        tstep()
+    per = {"minitx": collections.defaultdict(list), "torch": collections.defaultdict(list)}
+    walls = {"minitx": [], "torch": []}
+    for _ in range(rounds):
+        with minitx.profiler.profile() as prof:
+            t = time.perf_counter()
+            mstep()
+            walls["minitx"].append(time.perf_counter() - t)
+        kinds = collections.Counter()
+        for st in prof.key_averages():
+            kinds[_KINDS_MINITX.get(st.name.replace("Backward", ""), "other")] += st.self
+        for k, v in kinds.items():
+            per["minitx"][k].append(v)
+        with torch_profile() as tp:
+            t = time.perf_counter()
+            tstep()
+            walls["torch"].append(time.perf_counter() - t)
+        kinds = collections.Counter()
+        for ev in tp.key_averages():
+            kinds[_kind_torch(ev.key)] += ev.self_cpu_time_total / 1e6
+        for k, v in kinds.items():
+            per["torch"][k].append(v)
+    med = {f: {k: statistics.median(v) * 1e3 for k, v in d.items()} for f, d in per.items()}
+    keys = sorted(set(med["minitx"]) | set(med["torch"]),
+                  key=lambda k: (k == "other", -med["minitx"].get(k, 0)))
+    print(f"| op kind | minitx ms | PyTorch ms | minitx - PyTorch |  (backend "
+          f"{minitx.backend.active()}, 1 thread, medians of {rounds} profiled steps)")
+    print("|---|---:|---:|---:|")
+    for k in keys:
+        m, p = med["minitx"].get(k, 0.0), med["torch"].get(k, 0.0)
+        print(f"| {k} | {m:.1f} | {p:.1f} | {m - p:+.1f} |")
+    m, p = (statistics.median(walls[f]) * 1e3 for f in ("minitx", "torch"))
+    print(f"| **step, wall (profiled)** | **{m:.1f}** | **{p:.1f}** | **{m - p:+.1f}** |")
     return 0
 
 
@@ -289,6 +362,11 @@ def main(argv=None):
     if not have_torch:
         print("(PyTorch not importable by --torch-python: pip install torch==2.13.0 in a "
               "throwaway venv and pass its python)")
+    if a.by_op and have_torch:
+        for c in configs:
+            print(f"\nTime per kind of op, one training step of '{c}' (self times; both "
+                  "profilers in one process):")
+            print(_run(a.torch_python, a, "byop", c, 1, capture_json=False))
     if not a.no_profile:
         for c, t in cells:
             print(f"\nminitx.profiler, one training step of '{c}' on {t} thread(s), "
