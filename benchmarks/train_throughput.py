@@ -223,7 +223,7 @@ def child(a):
 
 # Op kinds for --by-op: minitx Function names (forward and backward rows) and torch aten ops.
 _KINDS_MINITX = {"Linear": "Linear (products + bias)", "Attention": "attention",
-                 "Gelu": "activation", "Silu": "activation", "Mul": "activation",
+                 "Gelu": "activation", "Silu": "activation",
                  "LayerNorm": "norm", "RMSNorm": "norm", "Rope": "RoPE",
                  "CrossEntropy": "loss", "AdamW.step": "optimizer"}
 

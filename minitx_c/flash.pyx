@@ -63,7 +63,7 @@ cdef struct Shape:
     Py_ssize_t B, Hq, Hkv, G, Nq, Nk, d, dp, Br, Bc, Brp, Bcp, Tr, Tc, Bb, Hb
     Py_ssize_t left, right          # window, -1 = unbounded (masks.resolve_window)
     double scale
-    bint nonfinite                  # backward: q, k, v or do holds NaN/inf (masks needed)
+    bint nonfinite                  # forward: v holds NaN/inf; backward: q, k, v or do does
     Py_ssize_t tile_r, tile_c       # Br, Bc as asked (or defaulted) before clipping to Nq, Nk
     Py_ssize_t Hl                   # block layout: 1 (shared) or Hq (per query head) layouts
     const unsigned char *layout     # (Hl, Tr, Tc), 0 = tile never read; NULL = dense
@@ -163,13 +163,19 @@ cdef void _pack_rows(const real *X, Py_ssize_t N, Py_ssize_t d, Py_ssize_t Bx, P
     entries are packed as 0 and bad[n] = 1 marks their row (added back where allowed)."""
     cdef Py_ssize_t n, t
     cdef real x
+    cdef real *o
     for n in range(N):
+        o = out + ((n // Bx) * Bxp + n % Bx) * dp
+        if bad == NULL:                                   # inputs known finite: a plain copy
+            for t in range(d):
+                o[t] = mult * X[n * d + t]
+            continue
         for t in range(d):
             x = mult * X[n * d + t]
-            if bad != NULL and not isfinite(x):
+            if not isfinite(x):
                 bad[n] = 1
                 x = 0
-            out[((n // Bx) * Bxp + n % Bx) * dp + t] = x
+            o[t] = x
 
 
 @cython.wraparound(False)
@@ -179,13 +185,19 @@ cdef void _pack_cols(const real *X, Py_ssize_t N, Py_ssize_t d, Py_ssize_t Bx, P
     `out` must be zeroed by the caller; `bad` as in _pack_rows."""
     cdef Py_ssize_t n, t
     cdef real x
+    cdef real *o
     for n in range(N):
+        o = out + (n // Bx) * dp * Bxp + n % Bx
+        if bad == NULL:                                   # inputs known finite: a plain copy
+            for t in range(d):
+                o[t * Bxp] = mult * X[n * d + t]
+            continue
         for t in range(d):
             x = mult * X[n * d + t]
-            if bad != NULL and not isfinite(x):
+            if not isfinite(x):
                 bad[n] = 1
                 x = 0
-            out[((n // Bx) * dp + t) * Bxp + n % Bx] = x
+            o[t * Bxp] = x
 
 
 # ------------------------------------------------------------------ forward (Algorithm 1)
@@ -292,7 +304,7 @@ cdef void _fwd(const Shape *s, const real *q, const real *k, const real *v, cons
     for bh in prange(s.B * s.Hkv, schedule="static", num_threads=nthreads):
         _pack_cols(k + bh * Nk * d, Nk, d, s.Bc, s.Bcp, s.dp, <real>1, KT + bh * kvsize, NULL)
         _pack_rows(v + bh * Nk * d, Nk, d, s.Bc, s.Bcp, s.dp, <real>1, Vp + bh * kvsize,
-                   vbad + bh * Nk)
+                   vbad + bh * Nk if s.nonfinite else NULL)   # (s.nonfinite: V is not finite)
     for task in prange(s.B * s.Hq * s.Tr, schedule="dynamic", num_threads=nthreads):
         i = task % s.Tr                                       # Alg1 l.3, in parallel
         h = (task // s.Tr) % s.Hq
@@ -451,7 +463,8 @@ cdef void _bwd_kv_head(const Shape *s, Py_ssize_t b, Py_ssize_t hk, const real *
     cdef real *MT = dPT + tile
     cdef const real *kh = k + (b * s.Hkv + hk) * Nk * d
     _pack_rows(kh, Nk, d, s.Bc, Bcp, dp, <real>1, Kp, NULL)   # Alg2 l.6: load K_j, V_j (all j)
-    _pack_cols(kh, Nk, d, s.Bc, Bcp, dp, <real>1, KTp, kbad)  # (K^T only feeds dQ: flagged)
+    _pack_cols(kh, Nk, d, s.Bc, Bcp, dp, <real>1, KTp,        # (K^T only feeds dQ: flagged;
+               kbad if s.nonfinite else NULL)                 # finite inputs need no flags)
     _pack_rows(v + (b * s.Hkv + hk) * Nk * d, Nk, d, s.Bc, Bcp, dp, <real>1, Vp, NULL)
     for g in range(s.G):
         h = hk * s.G + g
@@ -464,9 +477,11 @@ cdef void _bwd_kv_head(const Shape *s, Py_ssize_t b, Py_ssize_t hk, const real *
             layh = s.layout + (h if s.Hl > 1 else 0) * s.Tr * s.Tc
         memset(Qp, 0, 5 * qsize * sizeof(real))               # Qp, QTp, dOp, dOTp, dQT
         memset(qbad, 0, 2 * s.Tr * Brp * sizeof(real))        # qbad, dobad
-        _pack_rows(qh, Nq, d, s.Br, Brp, dp, <real>s.scale, Qp, qbad)   # Q_i scaled: S = (scale Q) K^T
-        _pack_cols(qh, Nq, d, s.Br, Brp, dp, <real>s.scale, QTp, NULL)  # (Q rows feed dK: flagged)
-        _pack_rows(doh, Nq, d, s.Br, Brp, dp, <real>1, dOp, dobad)      # (dO rows feed dV: flagged)
+        _pack_rows(qh, Nq, d, s.Br, Brp, dp, <real>s.scale, Qp,         # Q_i scaled: S = (scale Q) K^T
+                   qbad if s.nonfinite else NULL)                       # (Q rows feed dK: flagged)
+        _pack_cols(qh, Nq, d, s.Br, Brp, dp, <real>s.scale, QTp, NULL)
+        _pack_rows(doh, Nq, d, s.Br, Brp, dp, <real>1, dOp,             # (dO rows feed dV: flagged)
+                   dobad if s.nonfinite else NULL)
         _pack_cols(doh, Nq, d, s.Br, Brp, dp, <real>1, dOTp, NULL)
         for r in range(s.Tr * Brp):
             Lp[r] = INFINITY                                  # padding rows: P = exp(-inf) = 0
@@ -589,6 +604,7 @@ def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None,
         lay_v = lay
         s.layout = &lay_v[0, 0, 0]
     q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))
+    s.nonfinite = not _all_finite(v)                   # the forward flags non-finite V rows
     if bias is not None:
         bias = np.ascontiguousarray(bias)
     o = np.empty(q.shape, dtype=q.dtype)
