@@ -5,8 +5,8 @@
         [--torch-python /path/to/venv/bin/python]
 
 Each framework trains the same architecture with AdamW on random token batches: `default`
-(learned positions, pre-LayerNorm, tanh-GELU MLP, tied head) and `llama` (RoPE, RMSNorm, SwiGLU,
-untied head, no biases). Every measurement is a separate process (thread counts are fixed in its
+(learned positions, pre-LayerNorm, tanh-GELU MLP, tied head, one qkv product) and `llama` (RoPE,
+RMSNorm, SwiGLU, untied head, no biases, separate q/k/v products). Every measurement is a separate process (thread counts are fixed in its
 environment before NumPy / OpenBLAS / OpenMP / torch load), timing `--steps` steps after 2
 warm-up steps and reporting the median seconds per step. The rounds interleave minitx and
 PyTorch runs of every (config, threads) cell, so a load change on a shared machine hits both;
@@ -115,7 +115,12 @@ def _torch_model(cfg):
         def __init__(self):
             super().__init__()
             self.ln1, self.ln2 = norm(), norm()
-            self.qkv = nn.Linear(C, (H + 2 * Hkv) * d, bias=cfg.bias)
+            if cfg.fused_qkv:                                # GPT-2: one qkv product
+                self.qkv = nn.Linear(C, (H + 2 * Hkv) * d, bias=cfg.bias)
+            else:                                            # Llama: q_proj, k_proj, v_proj
+                self.q = nn.Linear(C, H * d, bias=cfg.bias)
+                self.k = nn.Linear(C, Hkv * d, bias=cfg.bias)
+                self.v = nn.Linear(C, Hkv * d, bias=cfg.bias)
             self.proj = nn.Linear(H * d, C, bias=cfg.bias)
             if cfg.mlp == "swiglu":
                 self.gate = nn.Linear(C, cfg.ffn_hidden, bias=cfg.bias)
@@ -126,7 +131,11 @@ def _torch_model(cfg):
 
         def forward(self, x, cos, sin):
             B, T_, _ = x.shape
-            q, k, v = self.qkv(self.ln1(x)).split([H * d, Hkv * d, Hkv * d], dim=-1)
+            h = self.ln1(x)
+            if cfg.fused_qkv:
+                q, k, v = self.qkv(h).split([H * d, Hkv * d, Hkv * d], dim=-1)
+            else:
+                q, k, v = self.q(h), self.k(h), self.v(h)
             q = q.view(B, T_, H, d).transpose(1, 2)
             k = k.view(B, T_, Hkv, d).transpose(1, 2)
             v = v.view(B, T_, Hkv, d).transpose(1, 2)

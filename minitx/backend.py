@@ -16,7 +16,42 @@ import importlib
 import os
 import sys
 
-import numpy as np
+# OpenBLAS's worker threads spin for 2^28 cycles (~0.1 s) after each product and take the second
+# core from the OpenMP kernels that follow; a timeout of 2^4 cycles lets them sleep at once.
+# OpenBLAS reads the variable when NumPy loads it, so it applies only if minitx is imported
+# before NumPy (as `python -m minitx` and the benchmarks do) or the user sets it.
+if "numpy" not in sys.modules:
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+OPENBLAS_SLEEPS = os.environ.get("OPENBLAS_THREAD_TIMEOUT", "").strip() in \
+    {str(i) for i in range(1, 11)}           # OpenBLAS raises values below 4 to 4
+
+import numpy as np  # noqa: E402
+
+
+def _keep_freed_memory():
+    """Let glibc keep freed memory for reuse instead of returning it to the OS.
+
+    By default glibc serves blocks of 128 KiB or more (a threshold it raises as blocks are
+    freed) with fresh mmap pages and trims the top of its heap, so the activations and gradients
+    a training step allocates come back as new pages every step: one page fault per 4 KiB, and a
+    default-GPT step measured 18% slower (355 against 436 ms on one thread). Here blocks of up to
+    32 MiB (glibc's ceiling for this setting) come from the heap and the heap is trimmed only
+    above 1 GiB, as a caching allocator would: the process keeps its peak memory. MINITX_MALLOC=
+    default leaves glibc's settings alone; other C libraries are not touched.
+    Returns True when the settings were applied."""
+    if os.environ.get("MINITX_MALLOC", "").strip().lower() == "default" \
+            or not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+    try:
+        mallopt = ctypes.CDLL(None).mallopt              # glibc (absent from musl: AttributeError)
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3          # glibc's <malloc.h>
+    return bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
+
+
+MALLOC_TUNED = _keep_freed_memory()
 
 # kernel name -> module of its NumPy reference. The Cython twin is `minitx_c.<name>`.
 TWINS = {
@@ -25,6 +60,7 @@ TWINS = {
     "layer_norm_backward": "minitx.kernels.fused",
     "cross_entropy_fused": "minitx.kernels.fused_ops",
     "adamw_step": "minitx.kernels.fused_ops",
+    "rope_rotate": "minitx.kernels.fused_ops",
     "erf": "minitx.kernels.fused_act",
     "gelu_forward": "minitx.kernels.fused_act",
     "gelu_backward": "minitx.kernels.fused_act",
@@ -148,19 +184,20 @@ _init()
 #   1 thread: OpenBLAS. On the Xeon (AVX-512) measured, OpenBLAS's AVX-512 SGEMM ran every GPT
 #     and MiniLM Linear product at 1.3-1.8x the speed of minitx_c.matmul's AVX2 micro-kernel
 #     (process CPU time, median of interleaved pairs: minitx/OpenBLAS 0.56-0.77).
-#   2 threads: minitx. Alone, OpenBLAS's products were again faster (wall time, loaded
-#     machine), but in a training step its worker threads spin for ~0.1 s after each product
-#     and take the second core from the OpenMP kernels (attention, fused ops) that follow;
-#     with the products on minitx_c's OpenMP threads (which sleep when idle,
-#     OMP_WAIT_POLICY=PASSIVE) one default-GPT step with the Cython attention took 487-514 ms
-#     against 822-1149 ms with OpenBLAS (same loaded machine, interleaved processes).
+#   2 threads: OpenBLAS, when its threads sleep after a product (OPENBLAS_SLEEPS, above). Left
+#     spinning (its default), they take the second core from the OpenMP kernels (attention,
+#     fused ops) that follow, and minitx_c's OpenMP GEMM (whose threads sleep when idle,
+#     OMP_WAIT_POLICY=PASSIVE) served the products better: default-GPT step 313-366 ms against
+#     343-350 ms. With OPENBLAS_THREAD_TIMEOUT=4, OpenBLAS took 272-303 ms (1 thread: 399-470;
+#     2026-11-29, interleaved processes, median of 8 steps). So 2 threads use OpenBLAS when it
+#     sleeps and minitx_c.matmul when it spins (numpy imported before minitx, variable unset).
 # minitx_c.matmul stays the readable BLIS kernel of tutorial 03; on a machine that measures
 # differently, edit the table.
 GEMM_POLICY = {
     (1, "x@W^T"): "openblas", (1, "dY@W"): "openblas", (1, "dY^T@X"): "openblas",
     (1, "other"): "openblas",
-    (2, "x@W^T"): "minitx", (2, "dY@W"): "minitx", (2, "dY^T@X"): "minitx",
-    (2, "other"): "minitx",
+    (2, "x@W^T"): "openblas", (2, "dY@W"): "openblas", (2, "dY^T@X"): "openblas",
+    (2, "other"): "openblas",
 }
 
 
@@ -176,6 +213,8 @@ def gemm_class(a, b):
 def gemm_server(a, b):
     """"minitx" or "openblas": who serves the float32 product a @ b now (GEMM_POLICY)."""
     n = min(_C.get_num_threads(), 2) if _C is not None else 1
+    if n > 1 and not OPENBLAS_SLEEPS:
+        return "minitx"                      # spinning OpenBLAS threads: see GEMM_POLICY's note
     return GEMM_POLICY[(n, gemm_class(a, b))]
 
 

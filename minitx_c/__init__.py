@@ -6,7 +6,7 @@ MINITX_PURE=1 is set. Each name below has a NumPy twin listed in `minitx.backend
 from minitx_c.runtime import get_num_threads, have_openmp, set_num_threads
 from minitx_c.fused import (add_layer_norm_backward, add_layer_norm_forward, layer_norm_backward,
                             layer_norm_forward, softmax_lastdim)
-from minitx_c.fused_ops import adamw_step, cross_entropy_fused
+from minitx_c.fused_ops import adamw_step, cross_entropy_fused, rope_rotate
 from minitx_c.fused_act import (add_rms_norm_backward, add_rms_norm_forward,
                                 bias_gelu_backward, bias_gelu_forward, embedding_backward, erf,
                                 gelu_backward, gelu_forward,

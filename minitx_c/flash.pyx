@@ -37,6 +37,8 @@ cnp.import_array()
 
 cdef extern from "flash_simd.h" nogil:
     int mtx_flash_simd()
+    int mtx_all_finite_f(const float *x, long n)
+    int mtx_all_finite_d(const double *x, long n)
     void mtx_gemm_f(int acc, int M, int N, int K, const float *A, int lda, const float *B,
                     int ldb, float *C, int ldc)
     void mtx_gemm_d(int acc, int M, int N, int K, const double *A, int lda, const double *B,
@@ -62,6 +64,7 @@ cdef struct Shape:
     Py_ssize_t left, right          # window, -1 = unbounded (masks.resolve_window)
     double scale
     bint nonfinite                  # backward: q, k, v or do holds NaN/inf (masks needed)
+    Py_ssize_t tile_r, tile_c       # Br, Bc as asked (or defaulted) before clipping to Nq, Nk
     Py_ssize_t Hl                   # block layout: 1 (shared) or Hq (per query head) layouts
     const unsigned char *layout     # (Hl, Tr, Tc), 0 = tile never read; NULL = dense
 
@@ -85,6 +88,32 @@ cdef inline bint _allowed(const Shape *s, Py_ssize_t r, Py_ssize_t c) noexcept n
     if s.right >= 0 and c > pos + s.right:
         return False
     return True
+
+
+cdef inline void _allowed_keys(const Shape *s, Py_ssize_t r, Py_ssize_t c0, Py_ssize_t nc,
+                               Py_ssize_t *lo, Py_ssize_t *hi) noexcept nogil:
+    """The keys c0 + [lo, hi) (0 <= lo <= hi <= nc) that query row r may see: _allowed solved
+    for c (pos - left <= c <= pos + right, pos = r + Nk - Nq)."""
+    cdef Py_ssize_t pos = r + s.Nk - s.Nq, a = 0, b = nc
+    if s.left >= 0:
+        a = max(a, pos - s.left - c0)
+    if s.right >= 0:
+        b = min(b, pos + s.right - c0 + 1)
+    a = min(a, nc)
+    lo[0], hi[0] = a, max(a, b)
+
+
+cdef inline void _allowed_cols(const Shape *s, Py_ssize_t r0, Py_ssize_t nr, Py_ssize_t c,
+                               Py_ssize_t *lo, Py_ssize_t *hi) noexcept nogil:
+    """The query rows r0 + [lo, hi) (0 <= lo <= hi <= nr) that may see key c: _allowed solved
+    for r (c <= pos + right and c >= pos - left, pos = r + Nk - Nq)."""
+    cdef Py_ssize_t off = s.Nk - s.Nq, a = 0, b = nr
+    if s.right >= 0:
+        a = max(a, c - s.right - off - r0)
+    if s.left >= 0:
+        b = min(b, c + s.left - off - r0 + 1)
+    a = min(a, nr)
+    lo[0], hi[0] = a, max(a, b)
 
 
 cdef inline bint _ok(const Shape *s, const real *biash, Py_ssize_t r, Py_ssize_t c) noexcept nogil:
@@ -172,7 +201,7 @@ cdef void _fwd_q_block(const Shape *s, const real *Qh, const real *KTh, const re
     scratch tiles."""
     cdef Py_ssize_t Br = s.Br, Bc = s.Bc, Brp = s.Brp, Bcp = s.Bcp, d = s.d, dp = s.dp
     cdef Py_ssize_t r0 = i * Br, r1 = min(r0 + Br, s.Nq), nr = r1 - r0
-    cdef Py_ssize_t j, c0, c1, nc, r, c, t
+    cdef Py_ssize_t j, c0, c1, nc, r, c, t, lo, hi
     cdef int kind
     cdef real mx, m_new, m_use, alpha, rowsum, inv, bv
     cdef real *Sr
@@ -198,10 +227,12 @@ cdef void _fwd_q_block(const Shape *s, const real *Qh, const real *KTh, const re
                 for c in range(nc):
                     bv = biash[(r0 + r) * s.Nk + c0 + c]
                     Sr[c] = -INFINITY if bv == -INFINITY else Sr[c] + bv   # -inf even if S NaN
-            if kind == PARTIAL:
-                for c in range(nc):
-                    if not _allowed(s, r0 + r, c0 + c):
-                        Sr[c] = -INFINITY
+            if kind == PARTIAL:                               # -inf outside the row's keys
+                _allowed_keys(s, r0 + r, c0, nc, &lo, &hi)
+                for c in range(lo):
+                    Sr[c] = -INFINITY
+                for c in range(hi, nc):
+                    Sr[c] = -INFINITY
             if real is float:
                 mx = mtx_rowmax_f(Sr, <int>nc)
             else:
@@ -304,10 +335,14 @@ cdef void _bwd_tile(const Shape *s, int kind, Py_ssize_t r0, Py_ssize_t nr, Py_s
     """Alg2 lines 10-16 for tile (i, j), on transposed tiles (keys as rows). Qi, KTj, dOi are
     packed with non-finite entries as 0; qbad, dobad (Nq,) and kbad (Nk,) flag those rows of
     qh, doh (Nq, d) and kh (Nk, d), which are added back over allowed pairs only."""
-    cdef Py_ssize_t Brp = s.Brp, Bcp = s.Bcp, d = s.d, dp = s.dp, r, c, t
+    cdef Py_ssize_t Brp = s.Brp, Bcp = s.Bcp, d = s.d, dp = s.dp, r, c, t, lo, hi
     cdef bint masked = kind == PARTIAL or biash != NULL
-    cdef bint use_mask = masked or s.nonfinite        # with finite inputs, exp(-inf) and L = inf
-    cdef real x                                       # already give 0 on padding rows
+    # With finite inputs and no bias, exp(-inf) and L = inf already give 0 on padding rows, a
+    # causal/window tile's mask is a range of query columns per key row (_allowed_cols), and
+    # dS = P (dP - D) is 0 wherever P is. A bias (-inf entries) or non-finite inputs (NaN must not
+    # leak from masked pairs) take the general per-pair mask M^T instead.
+    cdef bint use_mask = biash != NULL or s.nonfinite
+    cdef real x
     cdef real *row
     cdef real *mrow
     if use_mask:
@@ -332,6 +367,10 @@ cdef void _bwd_tile(const Shape *s, int kind, Py_ssize_t r0, Py_ssize_t nr, Py_s
             mrow = MT + c * Brp
             for r in range(Brp):                              # exactly 0 where masked or
                 row[r] = row[r] if mrow[r] != 0 else 0        # padding, even if S or L is NaN
+        elif kind == PARTIAL:
+            _allowed_cols(s, r0, nr, c0 + c, &lo, &hi)
+            memset(row, 0, lo * sizeof(real))                 # 0 outside the allowed columns
+            memset(row + hi, 0, (Brp - hi) * sizeof(real))
     _gemm(1, Bcp, dp, Brp, PT, Brp, dOi, dp, dVj, dp)         # Alg2 l.12: dV_j += P^T dO_i
     for r in range(nr):                                       # ... + non-finite dO rows
         if dobad[r0 + r] != 0:
@@ -478,17 +517,16 @@ cdef Shape _shape(q, k, v, bias, scale, is_causal, window, Br, Bc) except *:
     The rules and messages live once, in minitx.attention.checks and .masks (imported here, at
     call time, because minitx imports minitx_c while it initialises)."""
     cdef Shape s
-    from minitx.attention.checks import check_qkv
+    from minitx.attention import checks
     from minitx.attention.masks import resolve_window
-    for name, blk in (("Br", Br), ("Bc", Bc)):
-        if blk is None:                 # check_qkv lets None through (the NumPy default)
-            raise ValueError(f"block size {name} must be an int >= 1, got None")
-    s.B, s.Hq, s.Hkv, s.Nq, s.Nk, s.d, s.scale = check_qkv(q, k, v, bias, scale, Br, Bc)
+    s.B, s.Hq, s.Hkv, s.Nq, s.Nk, s.d, s.scale = checks.check_qkv(q, k, v, bias, scale, Br, Bc)
     s.nonfinite = False
     s.Hl, s.layout = 1, NULL
     s.G = s.Hq // s.Hkv
     s.Bb, s.Hb = (1, 1) if bias is None else bias.shape[:2]
     s.left, s.right = resolve_window(is_causal, window)
+    Br, Bc = checks.default_tiles(Br, Bc, s.Nq, s.Nk, skipping=s.left >= 0 or s.right >= 0)
+    s.tile_r, s.tile_c = Br, Bc
     s.Br, s.Bc = min(Br, s.Nq), min(Bc, s.Nk)         # a block never needs to exceed N
     s.Brp, s.Bcp, s.dp = _round16(s.Br), _round16(s.Bc), _round16(s.d)
     s.Tr, s.Tc = (s.Nq + s.Br - 1) // s.Br, (s.Nk + s.Bc - 1) // s.Bc
@@ -497,26 +535,44 @@ cdef Shape _shape(q, k, v, bias, scale, is_causal, window, Br, Bc) except *:
     return s
 
 
-cdef object _layout(block_layout, Shape *s, Br, Bc):
+def _all_finite(a):
+    """True if the C-ordered float array `a` holds no inf or NaN (one pass, no temporary)."""
+    cdef const float[::1] f
+    cdef const double[::1] g
+    cdef int ok
+    if a.size == 0:
+        return True
+    if a.dtype == np.float32:
+        f = a.reshape(-1)
+        with nogil:
+            ok = mtx_all_finite_f(&f[0], f.shape[0])
+    else:
+        g = a.reshape(-1)
+        with nogil:
+            ok = mtx_all_finite_d(&g[0], g.shape[0])
+    return ok != 0
+
+
+cdef object _layout(block_layout, Shape *s):
     """Validate a block layout with the reference's check_layout; return it as contiguous uint8
     (Hl, Tr, Tc) (or None) and set s.Hl."""
     from minitx.attention.checks import check_layout
-    lay = check_layout(block_layout, s.Hq, s.Nq, s.Nk, Br, Bc)
+    lay = check_layout(block_layout, s.Hq, s.Nq, s.Nk, s.tile_r, s.tile_c)
     if lay is None:
         return None
     s.Hl = lay.shape[0]
     return np.ascontiguousarray(lay, dtype=np.uint8)
 
 
-def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None, Br=96, Bc=96,
-                   block_layout=None):
+def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None, Br=None,
+                   Bc=None, block_layout=None):
     """FlashAttention-2 forward (Algorithm 1), twin of minitx.attention.flash2.flash2_forward.
 
     Args:
         q: (B, Hq, Nq, d); k, v: (B, Hkv, Nk, d), Hq a multiple of Hkv; float32 or float64.
         bias: None or additive (Bb, Hb, Nq, Nk), Bb in {1, B}, Hb in {1, Hq}.
         scale: None means 1/sqrt(d). is_causal: bottom-right aligned. window: (left, right).
-        Br, Bc: block sizes (any ints >= 1).
+        Br, Bc: block sizes (any ints >= 1); None: the twin's default (checks.default_tiles).
         block_layout: None or bool (Tr, Tc) / (1 or Hq, Tr, Tc) block-sparse layout over tiles
             Br = Bc (checks.check_layout); tiles outside it are never read.
     Returns:
@@ -524,7 +580,7 @@ def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None,
     """
     cdef Shape s = _shape(q, k, v, bias, scale, is_causal, window, Br, Bc)
     cdef const unsigned char[:, :, ::1] lay_v
-    lay = _layout(block_layout, &s, Br, Bc)                  # kept alive until the kernel returns
+    lay = _layout(block_layout, &s)                          # kept alive until the kernel returns
     if lay is not None:
         lay_v = lay
         s.layout = &lay_v[0, 0, 0]
@@ -546,12 +602,12 @@ def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None,
 
 
 def flash2_backward(q, k, v, bias, o, L, do, scale=None, is_causal=False, window=None,
-                    Br=64, Bc=192, block_layout=None):
+                    Br=None, Bc=None, block_layout=None):
     """FlashAttention-2 backward (Algorithm 2), twin of minitx.attention.flash2.flash2_backward.
 
     Args:
         q, k, v, bias, scale, is_causal, window: as given to flash2_forward.
-        Br, Bc: block sizes (independent of the forward's; taller K/V blocks suit the backward).
+        Br, Bc: block sizes (independent of the forward's); None: the twin's default.
         block_layout: as in flash2_forward (then Br = Bc = its block size).
         o: (B, Hq, Nq, d), L: (B, Hq, Nq) from flash2_forward; do: (B, Hq, Nq, d).
     Returns:
@@ -559,14 +615,14 @@ def flash2_backward(q, k, v, bias, o, L, do, scale=None, is_causal=False, window
     """
     cdef Shape s = _shape(q, k, v, bias, scale, is_causal, window, Br, Bc)
     cdef const unsigned char[:, :, ::1] lay_v
-    lay = _layout(block_layout, &s, Br, Bc)                  # kept alive until the kernel returns
+    lay = _layout(block_layout, &s)                          # kept alive until the kernel returns
     if lay is not None:
         lay_v = lay
         s.layout = &lay_v[0, 0, 0]
     from minitx.attention.checks import check_forward_outputs
     check_forward_outputs(q, o, L, do)
     q, k, v, o, L, do = (np.ascontiguousarray(a) for a in (q, k, v, o, L, do))
-    s.nonfinite = not all(np.isfinite(a).all() for a in (q, k, v, do))
+    s.nonfinite = not all(_all_finite(a) for a in (q, k, v, do))
     if bias is not None:
         bias = np.ascontiguousarray(bias)
     dq = np.empty(q.shape, dtype=q.dtype)

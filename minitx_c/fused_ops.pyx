@@ -1,5 +1,5 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""Cython twins of `minitx/kernels/fused_ops.py`: fused cross-entropy and the AdamW update.
+"""Cython twins of `minitx/kernels/fused_ops.py`: fused cross-entropy, the AdamW update, RoPE.
 
 Same names, signatures, validation (the reference's own `check_*`, before the GIL is released)
 and operation order as the NumPy twins. Rows (cross-entropy) or blocks of elements (AdamW) run
@@ -13,11 +13,16 @@ import math
 import numpy as np
 cimport numpy as cnp
 from cython.parallel cimport prange
-from libc.math cimport exp, expf, log, logf, sqrt, sqrtf
+from libc.math cimport exp, expf, isfinite, log, logf, sqrt, sqrtf
+from libc.string cimport memcpy
 from minitx_c.runtime cimport num_threads
-from minitx.kernels.fused_ops import check_adamw, check_cross_entropy
+from minitx.kernels.fused_ops import check_adamw, check_cross_entropy, check_rope
 
 cnp.import_array()
+
+cdef extern from "flash_simd.h" nogil:
+    float mtx_rowmax_f(const float *x, int n)               # NaN if the row holds one
+    float mtx_exp_shift_sum_f(float *x, float shift, int n)  # x = exp(x - shift), returns sum
 
 ctypedef fused real:
     float
@@ -47,6 +52,25 @@ cdef inline real _log(real v) noexcept nogil:
         return log(v)
 
 
+cdef bint _ce_row_f32(const float *xr, float *dr, Py_ssize_t C, Py_ssize_t t,
+                      float *nll) noexcept nogil:
+    """One float32 row with a finite max, vectorised (flash_simd.h's max and exp, the sum in
+    float32 lanes): dr = softmax - onehot, nll = -logp[t]. False (nothing written) for a row
+    whose max is -inf, +inf or NaN, which the scalar loop below handles as the twin does."""
+    cdef float m = mtx_rowmax_f(xr, <int>C), s, inv
+    cdef Py_ssize_t j
+    if not isfinite(m):
+        return False
+    memcpy(dr, xr, C * sizeof(float))
+    s = mtx_exp_shift_sum_f(dr, m, <int>C)                  # dr = exp(x - m), s = its sum
+    nll[0] = -((xr[t] - m) - logf(s))
+    inv = 1 / s
+    for j in range(C):
+        dr[j] = dr[j] * inv
+    dr[t] = dr[t] - 1
+    return True
+
+
 cdef void _ce_row(const real[:, ::1] x, const cnp.int64_t[::1] target, long long ignore_index,
                   bint need_grad, real[::1] nll, real[:, ::1] dx, Py_ssize_t r) noexcept nogil:
     cdef Py_ssize_t C = x.shape[1], j
@@ -59,6 +83,9 @@ cdef void _ce_row(const real[:, ::1] x, const cnp.int64_t[::1] target, long long
             for j in range(C):
                 dx[r, j] = 0
         return
+    if real is float:
+        if need_grad and _ce_row_f32(&x[r, 0], &dx[r, 0], C, t, &nll[r]):
+            return
     m = x[r, 0]                                   # row max, for stability
     for j in range(1, C):
         if x[r, j] > m:
@@ -176,3 +203,46 @@ def adamw_step(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_d
     for a, a_c in ((param, p), (exp_avg, m), (exp_avg_sq, v)):
         if a_c is not a:
             a[...] = a_c
+
+
+# ---------------------------------------------------------------------------- RoPE
+cdef void _rope(const real[:, :, ::1] x, const real[:, ::1] c, const real[:, ::1] s,
+                real[:, :, ::1] y, int nt) noexcept nogil:
+    """x, y (R, T, d): y = (x1 c - x2 s, x1 s + x2 c) per row t; c, s (T, d/2)."""
+    cdef Py_ssize_t R = x.shape[0], T = x.shape[1], h = x.shape[2] // 2, r, t, i
+    cdef real x1, x2, p, q
+    for r in prange(R, schedule="static", num_threads=nt):
+        for t in range(T):
+            for i in range(h):
+                x1 = x[r, t, i]
+                x2 = x[r, t, h + i]
+                p = x1 * c[t, i]                  # each product rounded, as NumPy's twin
+                q = x2 * s[t, i]
+                y[r, t, i] = p - q
+                p = x1 * s[t, i]
+                q = x2 * c[t, i]
+                y[r, t, h + i] = p + q
+
+
+def rope_rotate(x, cos, sin):
+    """Rotate the pairs (x[..., :d/2], x[..., d/2:]) (twin of the NumPy reference, bit for bit).
+
+    Args:
+        x: (..., T, d) float32/float64, any strides; cos, sin: (T, d/2) (cast to x's dtype).
+    Returns:
+        y (..., T, d), a new C-contiguous array of x's dtype.
+    """
+    check_rope(x, cos, sin)
+    T, d = x.shape[x.ndim - 2], x.shape[x.ndim - 1]   # (wraparound is off in this module)
+    R = int(np.prod(x.shape[:x.ndim - 2], dtype=np.int64))       # rows of (T, d)
+    xc = _aligned_c(x).reshape(R, T, d)
+    c = np.require(cos, dtype=x.dtype, requirements=("C", "A"))
+    s = np.require(sin, dtype=x.dtype, requirements=("C", "A"))
+    y = np.empty(xc.shape, dtype=x.dtype)
+    nt = num_threads() if y.size >= PARALLEL_MIN else 1
+    if y.size:
+        if x.dtype == np.float32:
+            _rope[float](xc, c, s, y, nt)
+        else:
+            _rope[double](xc, c, s, y, nt)
+    return y.reshape(x.shape)

@@ -2,7 +2,7 @@
 reference; masks, windows, GQA, ragged blocks, fully masked rows; the public entry point."""
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, strategies as st
 
 import minitx
 from minitx import backend
@@ -18,7 +18,7 @@ TOL = {
     "float64": 1e-10,     # every NumPy implementation equals naive to ~1e-10 (issue 3)
     "float32": 2e-5,      # entry point in float32 vs the float64 reference
 }
-AVAILABLE_IMPLS = [i for i in IMPLS if i != "c" or backend.c_available()]
+AVAILABLE_IMPLS = [i for i in IMPLS if i != "auto" and (i != "c" or backend.c_available())]
 
 
 def assert_close(name, got, want, tol):
@@ -226,3 +226,29 @@ def test_naive_dropout_is_inverted_dropout_on_probabilities():
     assert_close("dropout", y, (p * keep / 0.6) @ v, TOL["float64"])
     assert_close("dropout_p=0", sdpa(q, k, v, dropout_p=0.0).data, reference_sdpa(q, k, v),
                  TOL["float64"])
+
+
+def test_auto_runs_the_backends_kernel(on_backend):
+    """impl="auto" (the GPT's default) is the Cython kernel on the c backend and naive NumPy
+    on the numpy backend or with dropout, and gives exactly what the impl it names gives."""
+    from minitx.attention import resolve_impl
+    want = "c" if on_backend == "c" else "naive"
+    assert resolve_impl("auto") == want
+    assert resolve_impl("auto", dropout_p=0.1) == "naive"
+    assert resolve_impl("flash1") == "flash1"
+    rng = np.random.default_rng(5)
+    q, k, v = (rng.standard_normal((2, 3, 9, 4)) for _ in range(3))
+    got = sdpa(q, k, v, is_causal=True, impl="auto").data
+    np.testing.assert_array_equal(got, sdpa(q, k, v, is_causal=True, impl=want).data)
+
+
+@given(st.integers(1, 20000), st.sampled_from([16, 64, 96, 128, 256]))
+def test_default_tiles_are_equal_and_fewest(n, target):
+    """tile_for: as few tiles as tiles of `target` need, each a multiple of 16 (the kernel's
+    padding) unless one tile holds all n, never above target or n."""
+    from minitx.attention.checks import tile_for
+    t = tile_for(n, target)
+    assert 1 <= t <= min(n, target)
+    assert -(-n // t) == -(-n // target)
+    assert t % 16 == 0 or t == n
+    assert tile_for(128, 96) == 64 and tile_for(256, 128) == 128

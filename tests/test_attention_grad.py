@@ -11,7 +11,7 @@ from minitx.attention import IMPLS, scaled_dot_product_attention as sdpa
 
 # Tolerances, in one place, keyed by dtype.
 TOL = {"float64": {"step": 1e-6, "rel": 1e-6, "abs": 1e-8}}
-AVAILABLE_IMPLS = [i for i in IMPLS if i != "c" or backend.c_available()]
+AVAILABLE_IMPLS = [i for i in IMPLS if i != "auto" and (i != "c" or backend.c_available())]
 
 
 def directional_check(f, arrays, grads, rng, n_dirs=3):

@@ -106,11 +106,12 @@ def test_attention_runs_the_backends_kernel(on_backend, monkeypatch):
     """The "c" backend runs BERT's padded attention in the Cython flash kernel, NumPy in the
     naive reference; the hidden states of both agree (test above: both match the equations)."""
     from minitx import backend
+    from minitx.attention import resolve_impl
     from minitx.nn import functional as F
     impls, real = [], F.scaled_dot_product_attention
 
     def recording(*args, impl="naive", **kw):
-        impls.append(impl)
+        impls.append(resolve_impl(impl))
         return real(*args, impl=impl, **kw)
     monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
     enc = tiny_encoder()

@@ -271,3 +271,67 @@ def test_adamw_adversarial_layouts_in_place(shape, dtype):
                 if not np.array_equal(a, b, equal_nan=True):
                     failures.append(f"{arg}={layout}: {n} differs")
     assert not failures, "\n".join(failures[:25])
+
+
+# ---------------------------------------------------------------------------------- RoPE
+def _rope_case(rng, lead, T, d, dtype, transposed):
+    """x (lead..., T, d) (a permuted view when transposed, as the GPT's q and k are), tables."""
+    if transposed:
+        x = rng.standard_normal((lead[0], T, *lead[1:], d)).astype(dtype)
+        x = np.moveaxis(x, 1, -2)
+    else:
+        x = rng.standard_normal((*lead, T, d)).astype(dtype)
+    angles = rng.uniform(-50, 50, (T, d // 2))
+    return x, np.cos(angles), np.sin(angles)
+
+
+@given(st.lists(st.integers(0, 4), min_size=1, max_size=2), st.integers(0, 9),
+       st.integers(1, 8), st.sampled_from(DTYPES), st.booleans(), st.integers(0, 2**32 - 1))
+@settings(deadline=None)
+def test_rope_twin_is_the_complex_rotation_and_kernel_equals_twin(lead, T, h, dtype, transposed,
+                                                                  seed):
+    """Each pair (x_i, x_{i+d/2}) turns by theta as the complex number x_i + i x_{i+d/2} times
+    e^{i theta}; the C kernel gives the twin's bits (no fused multiply-add in either)."""
+    x, c, s = _rope_case(np.random.default_rng(seed), lead, T, 2 * h, dtype, transposed)
+    y = fused_ops.rope_rotate(x, c, s)
+    z = (x[..., :h].astype(np.float64) + 1j * x[..., h:]) * (c + 1j * s)
+    _close(y, np.concatenate([z.real, z.imag], axis=-1), dtype, "rope vs complex rotation")
+    back = fused_ops.rope_rotate(y, c, -s)                 # the backward: rotation by -theta
+    _close(back, x, dtype, "rope by -theta undoes rope")
+    if backend.c_available():
+        import minitx_c
+        got = minitx_c.rope_rotate(x, c, s)
+        assert got.shape == y.shape and got.dtype == y.dtype
+        np.testing.assert_array_equal(got, y)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(x=np.ones((2, 3, 5), np.float32)), "d even"),
+    (dict(x=np.ones(4, np.float32)), "d even"),
+    (dict(x=np.ones((2, 3, 4), np.int32)), "float32 or float64"),
+    (dict(cos=np.ones((3, 3))), "cos must be"),
+    (dict(sin=np.ones((2, 2))), "sin must be"),
+    (dict(sin=[[1.0, 2.0]] * 3), "numpy.ndarray"),
+])
+def test_rope_rejects_bad_input(on_backend, bad, match):
+    args = dict(x=np.ones((2, 3, 4), np.float32), cos=np.ones((3, 2)), sin=np.zeros((3, 2)))
+    args.update(bad)
+    with pytest.raises((TypeError, ValueError), match=match):
+        backend.kernel("rope_rotate")(**args)
+
+
+def make_rope(rng, B, T, h, dtype=np.float32):
+    x, c, s = _rope_case(rng, (B,), T, 2 * h, dtype, False)
+    return dict(x=x, cos=c, sin=s)
+
+
+register(Kernel("rope_rotate", c="minitx_c:rope_rotate",
+                twin="minitx.kernels.fused_ops:rope_rotate", make=make_rope,
+                dims=[dict(B=3, T=5, h=4), dict(B=2, T=3, h=2, dtype=np.float64),
+                      dict(B=0, T=3, h=2), dict(B=2, T=0, h=1)]))
+
+
+@needs_c
+def test_rope_adversarial():
+    failures, n = check_kernels(["rope_rotate"])
+    assert not failures, f"{len(failures)} of {n} cases fail:\n" + "\n".join(failures[:25])

@@ -1,5 +1,9 @@
 """Autograd's matmul on the Cython GEMM: routing, and a GPT trained on it follows the same loss
 curve as on NumPy/OpenBLAS."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -88,6 +92,7 @@ def test_policy_table_decides_who_serves(monkeypatch, spy, threads):
     policy = {k: "openblas" for k in backend.GEMM_POLICY}
     policy[(threads, "dY@W")] = "minitx"
     monkeypatch.setattr(backend, "GEMM_POLICY", policy)
+    monkeypatch.setattr(backend, "OPENBLAS_SLEEPS", True)
     g = rng.standard_normal((2, 5, 3)).astype(np.float32)
     with backend.using("c"):
         y = backend.matmul(x, W.T)                   # x @ W^T: OpenBLAS
@@ -95,6 +100,41 @@ def test_policy_table_decides_who_serves(monkeypatch, spy, threads):
     assert spy == [((2, 5, 3), (3, 7))]
     np.testing.assert_allclose(y, np.matmul(x, W.T), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(gx, np.matmul(g, W), rtol=1e-5, atol=1e-6)
+
+
+def test_spinning_openblas_leaves_two_thread_products_to_minitx(monkeypatch, spy):
+    """When OpenBLAS's threads spin after a product (OPENBLAS_THREAD_TIMEOUT not in effect),
+    every float32 product on 2 threads goes to minitx_c.matmul, whatever the table says."""
+    import minitx_c
+    if not minitx_c.have_openmp():
+        pytest.skip("built without OpenMP: one thread only")
+    monkeypatch.setattr(backend, "GEMM_POLICY", {k: "openblas" for k in backend.GEMM_POLICY})
+    monkeypatch.setattr(backend, "OPENBLAS_SLEEPS", False)
+    x = np.ones((4, 7), np.float32)
+    W = np.ones((3, 7), np.float32)
+    before = minitx_c.get_num_threads()
+    try:
+        for threads in (2, 1):                        # one thread: the table (OpenBLAS)
+            minitx_c.set_num_threads(threads)
+            with backend.using("c"):
+                backend.matmul(x, W.T)
+    finally:
+        minitx_c.set_num_threads(before)
+    assert spy == [((4, 7), (7, 3))]
+
+
+def test_openblas_timeout_is_set_before_numpy_loads():
+    """`import minitx` before NumPy sets OPENBLAS_THREAD_TIMEOUT so OpenBLAS's threads sleep."""
+    code = ("import os, minitx.backend as b; "
+            "print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'), b.OPENBLAS_SLEEPS)")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["4", "True"]
+    code = "import numpy, minitx.backend as b; print(b.OPENBLAS_SLEEPS)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False"]                            # too late: NumPy's OpenBLAS is loaded
 
 
 def test_policy_covers_every_class_and_thread_count():

@@ -2,6 +2,7 @@
 and the fused row kernels agree with their twins; the backend switch behaves as documented."""
 import inspect
 import os
+import platform
 import subprocess
 import sys
 
@@ -100,6 +101,18 @@ def test_pure_mode_falls_back_with_a_notice():
                          capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "numpy"
     assert "MINITX_PURE" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+def test_malloc_keeps_freed_memory_unless_told_not_to():
+    """minitx sets glibc's mmap/trim thresholds (freed activations are reused, not re-faulted),
+    on both backends; MINITX_MALLOC=default leaves them alone."""
+    code = "import minitx; print(minitx.backend.MALLOC_TUNED)"
+    for extra, want in (({"MINITX_PURE": "1"}, "True"), ({"MINITX_MALLOC": "default"}, "False")):
+        env = {k: v for k, v in os.environ.items() if k not in ("MINITX_PURE", "MINITX_MALLOC")}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env={**env, **extra}, check=True)
+        assert out.stdout.strip() == want
 
 
 def test_set_backend_validates():

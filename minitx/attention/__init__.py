@@ -4,6 +4,7 @@
     impl="flash1"  flash1.py  FlashAttention (Dao et al. 2022, arXiv 2205.14135), K/V loop outside
     impl="flash2"  flash2.py  FlashAttention-2 (Dao 2023, arXiv 2307.08691), Q loop outside
     impl="c"       minitx_c/flash.pyx, the Cython twin of flash2 (AVX2 tiles, OpenMP)
+    impl="auto"    "c" on the c backend when the extension is built, else "naive" (resolve_impl)
 All four compute the same function; each backward is its implementation's own (naive: through
 the saved P; flash: recomputation of P from the saved softmax statistics, never an N x N buffer).
 Mask conventions (bottom-right causal alignment, sliding windows, fully masked rows -> 0) are in
@@ -16,6 +17,7 @@ import importlib
 
 import numpy as np
 
+from minitx import backend as _backend
 from minitx import random as _random
 from minitx.autograd import Function, Tensor
 from minitx.attention.checks import check_block_size, check_layout
@@ -24,9 +26,9 @@ from minitx.attention.flash2 import flash2_backward, flash2_forward
 from minitx.attention.masks import mask_to_bias, resolve_window
 from minitx.attention.naive import naive_backward, naive_forward
 
-IMPLS = ("naive", "flash1", "flash2", "c")
+IMPLS = ("naive", "flash1", "flash2", "c", "auto")
 
-__all__ = ["scaled_dot_product_attention", "IMPLS", "naive_forward", "naive_backward",
+__all__ = ["scaled_dot_product_attention", "IMPLS", "resolve_impl", "naive_forward", "naive_backward",
            "flash1_forward", "flash1_backward", "flash2_forward", "flash2_backward"]
 
 
@@ -39,6 +41,22 @@ def _c_kernels():
                            f"importable ({e}); build it with `python setup.py build_ext "
                            "--inplace` or use impl='flash2' (same algorithm in NumPy)") from None
     return mod.flash2_forward, mod.flash2_backward
+
+
+def resolve_impl(impl, dropout_p=0.0):
+    """The implementation `impl` names: "auto" is the Cython kernel "c" when the "c" backend is
+    active and minitx_c.flash is built (and there is no dropout, which only "naive" has), else
+    the NumPy reference "naive" -- PyTorch's SDPA likewise picks a fused kernel when one applies.
+    Any other name is returned as given."""
+    if impl != "auto":
+        return impl
+    if dropout_p > 0 or _backend.active() != "c":
+        return "naive"
+    try:
+        _c_kernels()
+    except RuntimeError:
+        return "naive"
+    return "c"
 
 
 def _to4d(a):
@@ -70,6 +88,8 @@ class _Attention(Function):
             ctx.save_for_backward(q, k, v, bias, o, m, l)
         else:
             fwd = flash2_forward if impl == "flash2" else _c_kernels()[0]
+            if impl == "c":              # the kernel reads C-ordered rows: copy a permuted view
+                q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))   # once, for both passes
             o, L = fwd(q, k, v, bias, **ctx.opts)
             ctx.save_for_backward(q, k, v, bias, o, L)
         return o.reshape(query.shape)
@@ -124,7 +144,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     """softmax(query key^T * scale + mask) value, differentiable, with a choice of algorithm.
 
     PyTorch's `torch.nn.functional.scaled_dot_product_attention` semantics, plus:
-      - `impl`: "naive", "flash1", "flash2" (NumPy) or "c" (Cython flash2 kernel);
+      - `impl`: "naive", "flash1", "flash2" (NumPy), "c" (Cython flash2 kernel) or "auto" ("c"
+        on the c backend when built and dropout_p == 0, else "naive": resolve_impl);
       - `window=(left, right)`: sliding window, -1/None for unbounded (flash-attn's window_size);
       - `block_layout`, `block_size`: block-sparse attention (sparse.py builds layouts): query
         block i may see key block j where block_layout[..., i, j]; blocks of block_size indices
@@ -150,6 +171,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    impl = resolve_impl(impl, dropout_p)
     arrays = [x.data if isinstance(x, Tensor) else np.asarray(x) for x in (query, key, value)]
     batch_shape, Hq, Nq, Nk = _check_inputs(*arrays, enable_gqa)
     resolve_window(is_causal, window)                          # validates the window

@@ -56,6 +56,29 @@ def check_qkv(q, k, v, bias, scale, Br=None, Bc=None):
     return B, Hq, Hkv, Nq, Nk, d, scale
 
 
+# Default tiles of the FlashAttention-2 twins (flash2.py, minitx_c/flash.pyx), forward and
+# backward, measured with the Cython kernel on one thread (d = 32 and 64, N = 100 ... 4096;
+# 2026-11-29): equal tiles near 128, or near 64 when a causal or window mask lets tiles be
+# skipped (finer tiles skip more of the masked triangle).
+TILE, TILE_SKIPPING = 128, 64
+
+
+def tile_for(n, target):
+    """Default tile size for a sequence of n: the fewest tiles of at most `target` rows, made
+    equal and rounded up to a multiple of 16 (the Cython kernel pads a tile to 16 rows), at
+    most n. n = 128, target 96 gives 64 (two full tiles, not 96 + 32 padded to 96)."""
+    count = -(-n // target)
+    return min(n, -(-(-(-n // count)) // 16) * 16)
+
+
+def default_tiles(Br, Bc, Nq, Nk, skipping):
+    """(Br, Bc) with each None replaced by tile_for(Nq or Nk, TILE_SKIPPING if `skipping` (a
+    causal or window mask) else TILE)."""
+    target = TILE_SKIPPING if skipping else TILE
+    return (tile_for(Nq, target) if Br is None else Br,
+            tile_for(Nk, target) if Bc is None else Bc)
+
+
 def check_block_size(block_size):
     """The tile of a block layout: an int >= 1 (ValueError naming the value otherwise)."""
     if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) \

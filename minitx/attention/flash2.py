@@ -21,8 +21,8 @@ or skipped tiles (masks.py, `matmul_allowed`).
 """
 import numpy as np
 
-from minitx.attention.checks import (check_forward_outputs, check_layout, check_qkv, group_bias,
-                                     group_heads)
+from minitx.attention.checks import (check_forward_outputs, check_layout, check_qkv,
+                                     default_tiles, group_bias, group_heads)
 from minitx.attention.masks import (layout_heads, layout_tile, matmul_allowed, resolve_window,
                                     tile_allowed, tile_kind)
 
@@ -61,16 +61,17 @@ def _shift(m):
     return np.where(m == -np.inf, 0, m)
 
 
-def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None, Br=96, Bc=96,
-                   block_layout=None):
+def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None, Br=None,
+                   Bc=None, block_layout=None):
     """FlashAttention-2 forward (Algorithm 1).
 
     Args:
         q: (B, Hq, Nq, d); k, v: (B, Hkv, Nk, d), Hq a multiple of Hkv.
         bias: None or additive (Bb, Hb, Nq, Nk); scale: None means 1/sqrt(d).
         is_causal: bottom-right causal mask; window: (left, right) or None (see masks.py).
-        Br, Bc: block sizes (any ints >= 1; need not divide Nq, Nk). The defaults are the
-            fastest measured for the Cython twin at d = 64 (benchmarks/attention.py).
+        Br, Bc: block sizes (any ints >= 1; need not divide Nq, Nk). None: equal tiles near
+            64 rows with a causal or window mask, else near 128 (checks.default_tiles: the
+            fastest measured for the Cython twin).
         block_layout: None or bool (Tr, Tc) / (1 or Hq, Tr, Tc): block-sparse attention with
             tiles Br = Bc (checks.check_layout); tiles outside it are skipped, never read.
     Returns:
@@ -78,6 +79,7 @@ def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None,
     """
     B, Hq, Hkv, Nq, Nk, d, scale = check_qkv(q, k, v, bias, scale, Br, Bc)
     left, right = resolve_window(is_causal, window)
+    Br, Bc = default_tiles(Br, Bc, Nq, Nk, skipping=left >= 0 or right >= 0)
     lay = check_layout(block_layout, Hq, Nq, Nk, Br, Bc)      # None or (Hl, Tr, Tc)
     layg = None if lay is None else layout_heads(lay, Hkv)    # (1, Hkv|1, G|1, Tr, Tc)
     qg = group_heads(q, Hkv)                                   # (B, Hkv, G, Nq, d)
@@ -115,14 +117,14 @@ def flash2_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None,
 
 
 def flash2_backward(q, k, v, bias, o, L, do, scale=None, is_causal=False, window=None,
-                    Br=64, Bc=192, block_layout=None):
+                    Br=None, Bc=None, block_layout=None):
     """FlashAttention-2 backward (Algorithm 2): recompute P = exp(S - L) tile by tile.
 
     Args:
         q, k, v, bias, scale, is_causal, window, block_layout: as given to flash2_forward (with
             a layout, Br = Bc = its block size).
-        Br, Bc: block sizes; they need not be the forward's (only o and L pass between the two),
-            and, as in FA-2, the backward prefers taller K/V blocks.
+        Br, Bc: block sizes; they need not be the forward's (only o and L pass between the
+            two). None: as in flash2_forward (checks.default_tiles).
         o: (B, Hq, Nq, d) and L: (B, Hq, Nq) returned by flash2_forward.
         do: (B, Hq, Nq, d) gradient of the loss with respect to o.
     Returns:
@@ -131,6 +133,7 @@ def flash2_backward(q, k, v, bias, o, L, do, scale=None, is_causal=False, window
     B, Hq, Hkv, Nq, Nk, d, scale = check_qkv(q, k, v, bias, scale, Br, Bc)
     check_forward_outputs(q, o, L, do)
     left, right = resolve_window(is_causal, window)
+    Br, Bc = default_tiles(Br, Bc, Nq, Nk, skipping=left >= 0 or right >= 0)
     lay = check_layout(block_layout, Hq, Nq, Nk, Br, Bc)      # None or (Hl, Tr, Tc)
     layg = None if lay is None else layout_heads(lay, Hkv)    # (1, Hkv|1, G|1, Tr, Tc)
     qg, og, dog = group_heads(q, Hkv), group_heads(o, Hkv), group_heads(do, Hkv)

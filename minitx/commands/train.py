@@ -4,6 +4,7 @@ import dataclasses
 import os
 
 from minitx import backend, profiler
+from minitx.attention import IMPLS as ATTENTION
 from minitx.data import default_corpus, load_text
 from minitx.models.gpt import CONFIGS, get_config
 from minitx.train import TrainConfig, train
@@ -12,7 +13,6 @@ from minitx.train import TrainConfig, train
 TRAIN_FLAGS = ("max_steps", "batch_size", "lr", "min_lr", "seed", "eval_interval", "eval_iters",
                "ckpt_interval", "warmup", "log_interval", "weight_decay", "grad_clip",
                "max_tokens")
-ATTENTION = ("naive", "flash1", "flash2", "c")
 PACING = ("fixed_linear", "fixed_root", "fixed_discrete", "two_stage")
 
 
@@ -36,7 +36,8 @@ def add_parser(sub):
     p.add_argument("--config", default=None, choices=sorted(CONFIGS),
                    help="model size (default: default; on --resume, the checkpoint's)")
     p.add_argument("--attention", default=None, choices=ATTENTION,
-                   help="attention implementation (default: naive)")
+                   help="attention implementation (default: auto, i.e. c on the c backend, "
+                        "else naive)")
     p.add_argument("--attention-pattern", default=None, metavar="SPEC",
                    help="which pairs attend, per layer: dense (default), window:W, "
                         "bigbird:block=B,window=w,global=g,random=r, strided:block=B,stride=l, "

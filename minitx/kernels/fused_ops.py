@@ -1,4 +1,4 @@
-"""Fused training-step kernels: cross-entropy with log-softmax, and the AdamW update.
+"""Fused training-step kernels: cross-entropy with log-softmax, the AdamW update, and RoPE.
 
 Each function is the readable NumPy twin of the Cython kernel of the same name in
 `minitx_c/fused_ops.pyx`: the same validation (the C side calls the `check_*` functions below
@@ -10,6 +10,12 @@ cross_entropy_fused: the loss and its gradient from one pass over each row of lo
 The gradient is computed in the forward pass, so the backward only scales it: no log-probability
 array is kept, and the only (N, V) array made is the gradient itself. The twin walks the rows in
 blocks of ROWS_PER_BLOCK so its temporaries stay small; the C kernel walks them one by one.
+
+rope_rotate: rotary position embedding (Su et al. 2021, arXiv 2104.09864), rotate-half pairing:
+    (x1, x2) = (x[..., :d/2], x[..., d/2:]),  y = (x1 cos - x2 sin, x1 sin + x2 cos)
+per row t of cos, sin (T, d/2); the backward is the same call with -sin (rotation by -theta).
+Each product is rounded before the sum in both twins (no fused multiply-add), so they agree bit
+for bit.
 
 adamw_step: Loshchilov & Hutter 2019 (arXiv 1711.05101), Algorithm 2, with torch.optim.AdamW's
 bias correction, as one pass over each element of a parameter and its two moments; the twin is
@@ -142,3 +148,33 @@ def adamw_step(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_d
     step_size = lr / (1 - beta1 ** step)                     # bias corrections
     denom = np.sqrt(exp_avg_sq) / math.sqrt(1 - beta2 ** step) + eps
     param -= (step_size * exp_avg / denom).astype(param.dtype, copy=False)
+
+
+def check_rope(x, cos, sin):
+    """Raise TypeError/ValueError naming the problem unless x (..., T, d), d even, and the tables
+    cos, sin (T, d/2) are valid float arrays."""
+    _check_float_array("x", x)
+    for name, t in (("cos", cos), ("sin", sin)):
+        _check_float_array(name, t)
+    if x.ndim < 2 or x.shape[-1] % 2:
+        raise ValueError(f"x must be (..., T, d) with d even, got shape {x.shape}")
+    T, h = x.shape[-2], x.shape[-1] // 2
+    for name, t in (("cos", cos), ("sin", sin)):
+        if t.shape != (T, h):
+            raise ValueError(f"{name} must be (T, d/2) = ({T}, {h}) for x {x.shape}, "
+                             f"got {t.shape}")
+
+
+def rope_rotate(x, cos, sin):
+    """Rotate the pairs (x1, x2) of x by the angles whose cosines and sines are tabled.
+
+    Args:
+        x: (..., T, d) float32/float64; cos, sin: (T, d/2) (cast to x's dtype).
+    Returns:
+        y (..., T, d), a new array of x's dtype.
+    """
+    check_rope(x, cos, sin)
+    h = x.shape[-1] // 2
+    x1, x2 = x[..., :h], x[..., h:]                                # (..., T, d/2)
+    c, s = cos.astype(x.dtype), sin.astype(x.dtype)                # (T, d/2)
+    return np.concatenate([x1 * c - x2 * s, x1 * s + x2 * c], axis=-1)

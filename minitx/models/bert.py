@@ -105,13 +105,6 @@ class BertEmbeddings(nn.Module):
         return self.LayerNorm(x)
 
 
-def _attention_impl():
-    """The Cython FlashAttention-2 kernel on the "c" backend (padding masks as a -inf bias,
-    threaded over batch, head and query block; no (B, H, T, T) probabilities kept), else the
-    naive NumPy reference."""
-    return "c" if minitx.backend.active() == "c" else "naive"
-
-
 class BertLayer(nn.Module):
     """One post-LN encoder layer: attention sub-layer then feed-forward sub-layer."""
 
@@ -136,7 +129,7 @@ class BertLayer(nn.Module):
         k = self._heads(self.key(x), B, T)                             # (B, H, T, d)
         v = self._heads(self.value(x), B, T)                           # (B, H, T, d)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,  # (B, H, T, d)
-                                           impl=_attention_impl())
+                                           impl="auto")    # the Cython kernel on the c backend
         y = y.transpose(1, 2).reshape(B, T, C)                         # (B, T, C)
         a = self.attn_norm(x + self.attn_out(y))                       # post-LN residual
         h = F.gelu(self.ffn_in(a), approximate=self.gelu_approximate)  # (B, T, 4C)

@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from minitx import backend
 from minitx import random as _random
 from minitx.attention.patterns import STATEFUL, Pattern, parse_layers
 from minitx.attention.stream import stream_attention
@@ -36,7 +37,8 @@ class GPTConfig:
     pos: str = "learned"           # "learned" | "rope"
     mlp: str = "gelu"              # "gelu" (tanh GELU) | "swiglu"
     tie_weights: bool = True       # lm_head shares wte's weight
-    attention: str = "naive"       # implementation passed to F.scaled_dot_product_attention
+    attention: str = "auto"        # F.scaled_dot_product_attention's impl; "auto": the Cython
+                                   # kernel on the c backend, the NumPy reference "naive" otherwise
     # The fields below default to None and are resolved in __post_init__, so a saved config is
     # explicit and a checkpoint written before they existed loads with the values it was built with.
     head_dim: int = None           # d; the attention's inner width is H * d, independent of C
@@ -150,10 +152,9 @@ class _Rope(Function):
 
 
 def _rotate(x, cos, sin):
-    h = x.shape[-1] // 2
-    x1, x2 = x[..., :h], x[..., h:]                                # (B, H, T, d/2)
-    c, s = cos.astype(x.dtype), sin.astype(x.dtype)                # (T, d/2)
-    return np.concatenate([x1 * c - x2 * s, x1 * s + x2 * c], axis=-1)
+    """(x1 cos - x2 sin, x1 sin + x2 cos) for x (B, H, T, d), tables (T, d/2): the kernel
+    rope_rotate (minitx/kernels/fused_ops.py holds its NumPy reference)."""
+    return backend.kernel("rope_rotate")(x, cos, sin)
 
 
 # ============================== blocks =======================================================
