@@ -202,10 +202,11 @@ def table(result):
 
 
 def ceilings(args, task, dists, skip):
-    """Table rows: the fraction of targets whose answer lies within reach of one attention layer
-    (long_context_tasks.reach) for a segment-bound layer, xl's memory and knn's store."""
+    """Table rows: chance, then the fraction of targets whose answer lies within reach of one
+    attention layer (long_context_tasks.reach): segment-bound, xl's memory, knn's store."""
     T, n = args["recall_T"], args["doc_segments"]
-    out = []
+    out = ["| " + " | ".join(["*chance*"] + [""] * skip + [
+        f"{1 / len(TASKS[task][1]):.2f}"] * len(dists)) + " |"]
     for label, M in (("own segment only", 0), (f"+ {T} memory (xl)", T),
                      (f"+ {4 * T} store (knn)", 4 * T)):
         r = reach(task, T, n, dists, M)
