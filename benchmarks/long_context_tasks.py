@@ -32,6 +32,9 @@ def make_recall(rng, B, L, distances):
     """B recall documents. Returns ids (B, L + 1) and, per input position t (B, L), the distance
     D of the target seq[t + 1] (a read key's value), 0 where there is no target."""
     n = (L + 2) // 2                                              # pairs
+    if n > len(KEYS):
+        raise ValueError(f"a recall document of {L} tokens has {n} pairs, more than the "
+                         f"{len(KEYS)} keys that keep every key's copies unique")
     seq = np.zeros((B, 2 * n), dtype=np.int64)
     tdist = np.zeros((B, 2 * n), dtype=np.int64)
     for b in range(B):
@@ -42,11 +45,7 @@ def make_recall(rng, B, L, distances):
                 k, v, D = read.pop(i)
                 tdist[b, 2 * i] = D
             else:
-                k, v = next(keys, None), rng.choice(VALUES)
-                if k is None:                                     # keys used up: a filler pair
-                    k = rng.choice(KEYS)
-                    seq[b, 2 * i:2 * i + 2] = k, v
-                    continue
+                k, v = next(keys), rng.choice(VALUES)
                 D = distances[rng.integers(len(distances))]
                 if i + D // 2 < n and i + D // 2 not in read:
                     read[i + D // 2] = (k, v, D)

@@ -42,6 +42,8 @@ def test_recall_targets_have_one_earlier_copy_exactly_d_back(seed):
             assert seq[b, t + 1] == seq[b, t - D + 1] and seq[b, t + 1] in tasks.VALUES
             n_targets += 1
     assert n_targets > 20
+    with pytest.raises(ValueError, match="more than the 192 keys"):
+        tasks.make_recall(np.random.default_rng(0), 1, 400, distances)
 
 
 @pytest.mark.parametrize("seed", range(3))
