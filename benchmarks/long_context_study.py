@@ -1,5 +1,6 @@
 """The "no silver bullet" study (issue 12 item 6): seven attention patterns, equal parameters,
-equal training FLOPs, on (a) the byte corpus and (b) associative recall against distance.
+equal training FLOPs, on (a) the byte corpus, (b) associative recall and (c) selective copying
+against distance.
 
 Models: the "llama" flavour (RoPE, RMSNorm, SwiGLU), 2 layers, 4 heads, C = 64; only the
 attention pattern differs. Parameters are equal except the kNN layer's 4 gate logits (counts
@@ -12,16 +13,20 @@ order, segment by segment; xl and knn carry their memory from segment to segment
 (a) Corpus: the embedded byte corpus (minitx.data.default_corpus), segments of T = 1024 (the
     context), batch 4; validation bits per byte over the first validation segments, read in
     order with a fresh memory (loss / ln 2: one token is one byte).
-(b) Associative recall (as in Zoology's MQAR, Arora et al. 2023): each document is a stream of
-    (key, value) pairs, keys from 128 tokens, values from 64, a fresh random key -> value map
-    per document; a pair repeats an earlier pair's key at a chosen distance D (in tokens) with
-    probability 1/2. Targets are the values of repeated keys only; accuracy is reported per D
-    (chance 1/64). Documents are 4 segments of T = 128, so D > 128 is beyond any single
-    segment: only a memory (xl, knn) can reach it. Memory reset at every document start.
+(b) Associative recall and (c) selective copying (benchmarks/long_context_tasks.py): documents
+    of --doc-segments segments of T = --recall-T tokens (5 x 64), accuracy per distance D
+    between a key and its only earlier occurrence (recall; chance 1/16) or per span S over which
+    the copied data tokens are scattered (copying; chance 1/8). D or S > T is beyond any single
+    segment: only a memory (xl, knn) can reach it. Memory reset at every document start. Both
+    tasks have the same budget (--recall-dense-steps dense steps), batch, learning rate and
+    optional distance curriculum (--curriculum: the largest distance drawn grows with the steps,
+    minitx.curriculum's fixed_linear pacing, inside the Trainer's sampler).
 
 Usage:
     python benchmarks/long_context_study.py --quick            # seconds (tutorial 09)
-    nice -n 19 python benchmarks/long_context_study.py --seeds 2 --out benchmarks/results
+    nice -n 19 python benchmarks/long_context_study.py --seeds 2 --out DIR --tasks recall copy
+    python benchmarks/long_context_study.py --merge OLD.json DIR/long_context_study.json \
+        --out benchmarks/results --svg benchmarks/results/long_context_study.svg
 """
 import os
 
@@ -38,11 +43,15 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import minitx  # noqa: E402
-from minitx.long_context import SegmentTraining, stream_batches, stream_logits  # noqa: E402
+from minitx.curriculum import CurriculumScheduler  # noqa: E402
+from minitx.long_context import SegmentTraining, stream_batches  # noqa: E402
 from minitx.models.gpt import GPT, get_config  # noqa: E402
 from minitx.train import TrainConfig, Trainer  # noqa: E402
 
-KEYS, VALUES = np.arange(0, 128), np.arange(128, 192)          # token ranges of the recall task
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from long_context_tasks import TASKS, TaskSampler, reach, task_accuracy  # noqa: E402
+
+SYNTHETIC = ("recall", "copy")
 
 
 def patterns(T):
@@ -69,10 +78,11 @@ def steps_for(spec, T, B, impl, dense_steps):
     return max(1, int(round(dense_steps * per_step("dense") / per_step(spec))))
 
 
-def train(spec, T, B, steps, seed, impl, train_ids, val_ids, sampler=None, val_batches=None):
+def train(spec, T, B, steps, seed, impl, train_ids, val_ids, sampler=None, val_batches=None,
+          lr=3e-3):
     minitx.manual_seed(seed)
     model = GPT(model_for(spec, T, impl))
-    tc = TrainConfig(max_steps=steps, batch_size=B, lr=3e-3, warmup=max(1, steps // 10),
+    tc = TrainConfig(max_steps=steps, batch_size=B, lr=lr, warmup=max(1, steps // 10),
                      seed=seed, eval_interval=10 ** 9, log_interval=10 ** 9,
                      ckpt_interval=10 ** 9, eval_iters=8)
     ext = SegmentTraining(sampler=sampler, val_batches=val_batches)
@@ -107,120 +117,102 @@ def corpus_study(args, seeds, rows):
                   flush=True)
 
 
-# ============================== (b) associative recall =======================================
-def make_docs(rng, B, doc_len, distances):
-    """B documents of (key, value) pairs; returns ids (B, doc_len + 1) and the distance of each
-    target (B, doc_len): the D of a repeated key's value position, 0 elsewhere."""
-    n_pairs = (doc_len + 2) // 2
-    keys = rng.choice(KEYS, size=(B, n_pairs))
-    dist = np.zeros((B, n_pairs), dtype=np.int64)
-    for b in range(B):
-        for i in range(n_pairs):
-            D = distances[rng.integers(len(distances))]
-            if rng.random() < 0.5 and i - D // 2 >= 0:
-                keys[b, i], dist[b, i] = keys[b, i - D // 2], D
-    table = np.stack([rng.permutation(len(KEYS)) % len(VALUES) for _ in range(B)])  # key -> v
-    values = VALUES[np.take_along_axis(table, keys - KEYS[0], axis=1)]
-    seq = np.stack([keys, values], axis=2).reshape(B, 2 * n_pairs)[:, :doc_len + 1]
-    tdist = np.zeros((B, doc_len), dtype=np.int64)              # target t predicts seq[t + 1]
-    tdist[:, 0::2] = dist[:, :(doc_len + 1) // 2]               # seq[t] is a key, t even
-    return seq, tdist
-
-
-class RecallSampler:
-    """Each row: one document of `doc_segments` segments; a new document for every row when the
-    last segment is done (starts_stream). State: the generator state at the document's start
-    and the segment index (the document is redrawn on resume)."""
-
-    def __init__(self, B, T, doc_segments, distances, seed):
-        self.B, self.T, self.n, self.distances = B, T, doc_segments, distances
-        self.rng = np.random.default_rng(seed)
-        self.segment, self.starts_stream, self.doc = 0, False, None
-
-    def _draw(self):
-        self.doc_state = self.rng.bit_generator.state
-        seq, tdist = make_docs(self.rng, self.B, self.n * self.T, self.distances)
-        y = seq[:, 1:].copy()
-        y[tdist == 0] = -100                                    # only recalled values count
-        self.doc = (seq[:, :-1], y)
-
-    def next_batch(self, trainer=None):
-        if self.segment == 0:
-            self._draw()
-        s, T = self.segment, self.T
-        self.starts_stream = s == 0
-        self.segment = (s + 1) % self.n
-        return self.doc[0][:, s * T:(s + 1) * T], self.doc[1][:, s * T:(s + 1) * T], None
-
-    def state_dict(self):
-        st = self.rng.bit_generator.state if self.segment == 0 else self.doc_state
-        return {"rng": st, "segment": self.segment}
-
-    def load_state_dict(self, d):
-        self.rng.bit_generator.state = d["rng"]
-        self.segment = int(d["segment"])
-        if self.segment:
-            self._draw()
-
-
-def recall_accuracy(model, T, doc_segments, distances, seed, n_docs):
-    rng = np.random.default_rng(10_000 + seed)
-    seq, tdist = make_docs(rng, n_docs, doc_segments * T, distances)
-    logits = stream_logits(model, seq[:, :-1])                  # (n, L, V), memory carried
-    pred = logits[..., VALUES[0]:VALUES[-1] + 1].argmax(-1) + VALUES[0]
-    hit = pred == seq[:, 1:]
-    return {int(D): float(hit[tdist == D].mean()) for D in distances}
-
-
-def recall_study(args, seeds, rows):
+# ============================== (b) recall and (c) selective copying ========================
+def synthetic_study(args, seeds, rows, task):
+    """Every pattern on `task` ("recall" or "copy", benchmarks/long_context_tasks.py): same T,
+    batch, documents and FLOPs budget; accuracy per distance D (recall) or span S (copy)."""
     T, B, n = args.recall_T, args.recall_B, args.doc_segments
-    distances = args.distances
+    distances = args.distances if task == "recall" else args.spans
     dummy = np.zeros(4 * T, dtype=np.int64)
     for name, spec in selected(T, args):
         steps = steps_for(spec, T, B, args.impl, args.recall_dense_steps)
         for seed in range(args.first_seed, args.first_seed + seeds):
-            val = RecallSampler(B, T, n, distances, 99)
+            val = TaskSampler(task, B, T, n, distances, 99)
             vb = [val.next_batch()[:2] for _ in range(n)]
-            model, out, sec = train(spec, T, B, steps, seed, args.impl, dummy, dummy,
-                                    RecallSampler(B, T, n, distances, seed), vb)
+            sampler = TaskSampler(task, B, T, n, distances, seed, curriculum(args, steps,
+                                                                             distances))
+            model, out, sec = train(spec, T, B, steps, seed, args.impl, dummy, dummy, sampler,
+                                    vb, lr=args.recall_lr)
             model.eval()
-            acc = recall_accuracy(model, T, n, distances, seed, args.recall_docs)
-            rows.append({"task": "recall", "pattern": name, "spec": spec, "seed": seed, "T": T,
+            acc = task_accuracy(model, task, T, n, distances, seed, args.recall_docs)
+            rows.append({"task": task, "pattern": name, "spec": spec, "seed": seed, "T": T,
                          "batch": B, "steps": steps, "flops": out["flops"],
                          "params": model.num_params(), "acc": acc, "cpu_s": sec})
             checkpoint_rows(args, rows)
-            print(f"recall {name:12s} seed {seed} steps {steps:4d} "
-                  + " ".join(f"D={D}:{a:.2f}" for D, a in acc.items())
+            print(f"{task} {name:12s} seed {seed} steps {steps:4d} "
+                  + " ".join(f"{'DS'[task == 'copy']}={D}:{a:.2f}" for D, a in acc.items())
                   + f" {sec:.0f}s", flush=True)
 
 
+def curriculum(args, steps, distances):
+    """The distance curriculum: the largest distance drawn rises linearly from the smallest to
+    the largest over the first `args.curriculum` fraction of the pattern's steps (None: off)."""
+    if not args.curriculum:
+        return None
+    return CurriculumScheduler({
+        "min_difficulty": min(distances), "max_difficulty": max(distances),
+        "schedule_type": "fixed_linear",
+        "schedule_config": {"total_curriculum_step": max(1, int(args.curriculum * steps)),
+                            "difficulty_step": 1}})
+
+
 # ============================== report =======================================================
+def accuracies(rows, dists):
+    """(seeds, len(dists)) accuracies of `rows` (keys are str after a JSON round trip)."""
+    return np.array([[r["acc"].get(str(D), r["acc"].get(D, np.nan)) for D in dists]
+                     for r in rows])
+
+
 def table(result):
-    rows, out = result["rows"], []
+    """The markdown tables: corpus and recall (one row per pattern), then selective copying."""
+    rows, args, out = result["rows"], result["args"], []
     names = [n for n in patterns(8) if any(r["pattern"] == n for r in rows)]
-    dists = result["args"]["distances"]
+    of = lambda name, task: [r for r in rows if r["pattern"] == name and r["task"] == task]  # noqa
+    dists = args["distances"]
     out.append("| pattern | params | seeds (corpus/recall) | corpus steps | corpus val "
                "bits/byte | recall steps | " + " | ".join(f"recall D={D}" for D in dists) + " |")
     out.append("|---" * (6 + len(dists)) + "|")
     for name in names:
-        c = [r for r in rows if r["pattern"] == name and r["task"] == "corpus"]
-        a = [r for r in rows if r["pattern"] == name and r["task"] == "recall"]
-        cells = [name, f"{(c or a)[0]['params']:,}", f"{len(c)}/{len(a)}"]
+        c, a = of(name, "corpus"), of(name, "recall")
+        cells = [name, f"{(c or a or of(name, 'copy'))[0]['params']:,}", f"{len(c)}/{len(a)}"]
         if c:
             bpb = np.array([r["bpb"] for r in c])
             cells += [str(c[0]["steps"]), f"{bpb.mean():.3f} ± {bpb.std():.3f}"]
         else:
             cells += ["–", "–"]
         cells.append(str(a[0]["steps"]) if a else "–")
-        for D in dists:
-            if a:
-                acc = np.array([r["acc"][str(D)] if str(D) in r["acc"] else r["acc"][D]
-                                for r in a])
-                cells.append(f"{acc.mean():.2f} ± {acc.std():.2f}")
-            else:
-                cells.append("–")
+        acc = accuracies(a, dists)
+        cells += [f"{m:.2f} ± {d:.2f}" for m, d in zip(acc.mean(0), acc.std(0))] if a else \
+            ["–"] * len(dists)
         out.append("| " + " | ".join(cells) + " |")
+    if any(r["task"] == "recall" for r in rows):
+        out += ceilings(args, "recall", dists, 5)
+    if any(r["task"] == "copy" for r in rows):
+        spans = args["spans"]
+        out += ["", "| pattern | seeds | copy steps | " + " | ".join(
+            f"copy S={S}" for S in spans) + " |", "|---" * (3 + len(spans)) + "|"]
+        for name in names:
+            a = of(name, "copy")
+            if a:
+                acc = accuracies(a, spans)
+                out.append(f"| {name} | {len(a)} | {a[0]['steps']} | " + " | ".join(
+                    f"{m:.2f} ± {d:.2f}" for m, d in zip(acc.mean(0), acc.std(0))) + " |")
+        out += ceilings(args, "copy", spans, 2)
     return "\n".join(out)
+
+
+def ceilings(args, task, dists, skip):
+    """Table rows: chance, then the fraction of targets whose answer lies within reach of one
+    attention layer (long_context_tasks.reach): segment-bound, xl's memory, knn's store."""
+    T, n = args["recall_T"], args["doc_segments"]
+    out = ["| " + " | ".join(["*chance*"] + [""] * skip + [
+        f"{1 / len(TASKS[task][1]):.2f}"] * len(dists)) + " |"]
+    for label, M in (("own segment only", 0), (f"+ {T} memory (xl)", T),
+                     (f"+ {4 * T} store (knn)", 4 * T)):
+        r = reach(task, T, n, dists, M)
+        out.append("| " + " | ".join([f"*reach: {label}*"] + [""] * skip
+                                     + [f"{r[D]:.2f}" for D in dists]) + " |")
+    return out
 
 
 def plot(result, path):
@@ -230,33 +222,42 @@ def plot(result, path):
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    rows, dists = result["rows"], result["args"]["distances"]
+    rows, args = result["rows"], result["args"]
     names = [n for n in patterns(8) if any(r["pattern"] == n for r in rows)]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for name in names:
-        a = [r for r in rows if r["pattern"] == name and r["task"] == "recall"]
-        if a:
-            acc = np.array([[r["acc"][str(D)] if str(D) in r["acc"] else r["acc"][D]
-                             for D in dists] for r in a])
-            ax1.errorbar(dists, acc.mean(0), yerr=acc.std(0), marker="o", label=name,
-                         capsize=3)
-    ax1.axhline(1 / len(VALUES), color="grey", ls=":", label="chance")
-    ax1.axvline(result["args"]["recall_T"], color="black", ls="--", lw=0.8,
-                label="segment length T")
-    ax1.set(xscale="log", xlabel="distance D (tokens)", ylabel="recall accuracy",
-            title="associative recall (segments of T = %d)" % result["args"]["recall_T"])
-    ax1.legend(fontsize=7)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.3))
+    for ax, task, key, what in ((axes[0], "recall", "distances", "associative recall, D"),
+                                (axes[1], "copy", "spans", "selective copying, span S")):
+        dists = args.get(key, [])
+        for name in names:
+            a = [r for r in rows if r["pattern"] == name and r["task"] == task]
+            if a:
+                acc = accuracies(a, dists)
+                ax.errorbar(dists, acc.mean(0), yerr=acc.std(0), marker="o", label=name,
+                            capsize=3)
+        if not any(r["task"] == task for r in rows):
+            continue
+        for M, ls in ((0, "--"), (args["recall_T"], "-.")):
+            r = reach(task, args["recall_T"], args["doc_segments"], dists, M)
+            ax.plot(dists, [r[D] for D in dists], color="grey", ls=ls, lw=0.8,
+                    label=f"reach: segment + {M}")
+        ax.axhline(1 / len(TASKS[task][1]), color="grey", ls=":", label="chance")
+        ax.axvline(args["recall_T"], color="black", ls="--", lw=0.8, label="segment length T")
+        ax.set(xlabel=what.split(", ")[1] + " (tokens)", ylabel="accuracy",
+               title=f"{what.split(',')[0]} (segments of T = {args['recall_T']})")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(dists, [str(D) for D in dists])
+        ax.minorticks_off()
+        ax.legend(fontsize=7)
     c = [(n, [r["bpb"] for r in rows if r["pattern"] == n and r["task"] == "corpus"])
          for n in names]
     c = [(n, v) for n, v in c if v]
     if c:
-        ax2.bar([n for n, _ in c], [np.mean(v) for _, v in c],
-                yerr=[np.std(v) for _, v in c], capsize=3)
-        lo = min(min(v) for _, v in c)
-        ax2.set_ylim(lo - 0.2, max(max(v) for _, v in c) + 0.1)
-        ax2.set(ylabel="validation bits per byte",
-                title="byte corpus, T = %d, equal FLOPs" % result["args"]["corpus_T"])
-        ax2.tick_params(axis="x", rotation=30)
+        axes[2].bar([n for n, _ in c], [np.mean(v) for _, v in c],
+                    yerr=[np.std(v) for _, v in c], capsize=3)
+        axes[2].set_ylim(min(min(v) for _, v in c) - 0.2, max(max(v) for _, v in c) + 0.1)
+        axes[2].set(ylabel="validation bits per byte",
+                    title="byte corpus, T = %d, equal FLOPs" % args["corpus_T"])
+        axes[2].tick_params(axis="x", rotation=30)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -278,7 +279,7 @@ def rows_from_log(path, args):
     with open(path) as f:
         for line in f:
             w = line.split()
-            if len(w) < 6 or w[0] not in ("corpus", "recall") or w[2] != "seed":
+            if len(w) < 6 or w[0] not in ("corpus",) + SYNTHETIC or w[2] != "seed":
                 continue
             task, name, seed, steps = w[0], w[1], int(w[3]), int(w[5])
             T, B = (args.corpus_T, args.corpus_B) if task == "corpus" else (args.recall_T,
@@ -298,6 +299,9 @@ def rows_from_log(path, args):
 
 
 def merge(args):
+    """Combine stored runs. Each task's settings come from the last run holding it; rows of a
+    synthetic task whose T, batch or distances differ from those settings (an older study) are
+    left out, and their count is printed."""
     results = []
     for path in args.merge:
         if path.endswith(".log"):
@@ -310,12 +314,22 @@ def merge(args):
     for r in results:
         result["rows"] += r["rows"]
         result["wall_s"] += r["wall_s"]
+        synthetic = set(SYNTHETIC) & set(r["args"]["tasks"])
         for k, v in r["args"].items():                  # each task's settings from its run
-            if k.startswith(("recall", "doc", "distances")) and "recall" in r["args"]["tasks"]:
+            if synthetic and k.startswith(("recall", "doc", "distances", "spans", "curriculum")):
                 result["args"][k] = v
             if k.startswith(("corpus", "dense", "val")) and "corpus" in r["args"]["tasks"]:
                 result["args"][k] = v
-    result["args"]["tasks"] = sorted({t for r in results for t in r["args"]["tasks"]})
+    a = result["args"]
+    a.setdefault("spans", a["distances"])
+    keep = lambda r: r["task"] == "corpus" or (  # noqa: E731
+        r["T"] == a["recall_T"] and r["batch"] == a["recall_B"] and sorted(map(int, r["acc"]))
+        == sorted(a["distances"] if r["task"] == "recall" else a["spans"]))
+    old = [r for r in result["rows"] if not keep(r)]
+    if old:
+        print(f"left out {len(old)} rows of other synthetic settings (an older study)")
+    result["rows"] = [r for r in result["rows"] if keep(r)]
+    a["tasks"] = sorted({r["task"] for r in result["rows"]})
     return report(result, args)
 
 
@@ -338,19 +352,25 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="seconds: tiny sizes, one seed")
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed ... (to add runs)")
-    ap.add_argument("--tasks", nargs="*", default=["corpus", "recall"])
+    ap.add_argument("--tasks", nargs="*", default=["corpus", "recall", "copy"])
     ap.add_argument("--impl", default="c", help="exact attention implementation")
     ap.add_argument("--patterns", nargs="*", default=None, help="a subset of the names")
     ap.add_argument("--corpus-T", type=int, default=1024)
     ap.add_argument("--corpus-B", type=int, default=4)
     ap.add_argument("--dense-steps", type=int, default=150)
     ap.add_argument("--val-segments", type=int, default=8)
-    ap.add_argument("--recall-T", type=int, default=128)
-    ap.add_argument("--recall-B", type=int, default=16)
-    ap.add_argument("--doc-segments", type=int, default=4)
-    ap.add_argument("--recall-dense-steps", type=int, default=400)
-    ap.add_argument("--recall-docs", type=int, default=64)
-    ap.add_argument("--distances", type=int, nargs="*", default=[8, 32, 96, 200, 400])
+    ap.add_argument("--recall-T", type=int, default=64, help="recall and copy: segment T")
+    ap.add_argument("--recall-B", type=int, default=16, help="recall and copy: batch")
+    ap.add_argument("--doc-segments", type=int, default=5)
+    ap.add_argument("--recall-dense-steps", type=int, default=2000,
+                    help="recall and copy: the FLOPs budget in dense steps")
+    ap.add_argument("--recall-lr", type=float, default=3e-3)
+    ap.add_argument("--curriculum", type=float, default=0.0,
+                    help="distance curriculum over this fraction of the steps (0: off)")
+    ap.add_argument("--recall-docs", type=int, default=64, help="test documents (per span)")
+    ap.add_argument("--distances", type=int, nargs="*", default=[8, 16, 32, 96, 160, 256])
+    ap.add_argument("--spans", type=int, nargs="*", default=[8, 16, 32, 96, 160, 256],
+                    help="selective copying: span lengths S")
     ap.add_argument("--out", default=None, help="directory for long_context_study.json/.md")
     ap.add_argument("--svg", default=None, help="path of the SVG plot")
     ap.add_argument("--merge", nargs="*", default=None, metavar="JSON",
@@ -360,7 +380,7 @@ def main(argv=None):
         args.seeds, args.corpus_T, args.corpus_B, args.dense_steps = 1, 64, 2, 6
         args.val_segments, args.recall_T, args.recall_B = 2, 16, 4
         args.doc_segments, args.recall_dense_steps, args.recall_docs = 3, 6, 8
-        args.distances = [4, 12, 30]
+        args.distances = args.spans = [4, 12, 30]
     if args.merge:
         return merge(args)
     try:
@@ -371,8 +391,9 @@ def main(argv=None):
     t0 = time.time()
     if "corpus" in args.tasks:
         corpus_study(args, args.seeds, rows)
-    if "recall" in args.tasks:
-        recall_study(args, args.seeds, rows)
+    for task in SYNTHETIC:
+        if task in args.tasks:
+            synthetic_study(args, args.seeds, rows, task)
     result = {"args": vars(args), "rows": rows, "wall_s": time.time() - t0}
     return report(result, args)
 

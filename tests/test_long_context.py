@@ -300,11 +300,15 @@ def test_study_quick_mode_trains_every_pattern_at_equal_flops():
     spec = importlib.util.spec_from_file_location("long_context_study", path)
     study = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(study)
-    result = study.main(["--quick", "--tasks", "recall", "--impl", "flash2"])
-    rows = result["rows"]
-    assert [r["pattern"] for r in rows] == list(study.patterns(16))
-    budget = rows[0]["flops"]                             # dense's
-    for r in rows:                                        # equal up to one step's worth
-        assert abs(r["flops"] - budget) <= budget / r["steps"], r["pattern"]
-        assert r["params"] == rows[0]["params"] + (4 if r["pattern"] == "knn" else 0)
-    assert "| knn |" in study.table(result)
+    result = study.main(["--quick", "--tasks", "recall", "copy", "--impl", "flash2"])
+    for task in ("recall", "copy"):
+        rows = [r for r in result["rows"] if r["task"] == task]
+        assert [r["pattern"] for r in rows] == list(study.patterns(16))
+        budget = rows[0]["flops"]                         # dense's
+        for r in rows:                                    # equal up to one step's worth
+            assert abs(r["flops"] - budget) <= budget / r["steps"], r["pattern"]
+            assert r["params"] == rows[0]["params"] + (4 if r["pattern"] == "knn" else 0)
+            assert sorted(map(int, r["acc"])) == [4, 12, 30]
+            assert all(0 <= a <= 1 for a in r["acc"].values())
+    md = study.table(result)
+    assert "| knn |" in md and "| copy S=4 | copy S=12 | copy S=30 |" in md

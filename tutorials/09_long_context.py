@@ -200,11 +200,14 @@ print("sampling reads the prompt into the memory, then continues segment after s
 # %% [markdown]
 # ## 6. No silver bullet: the study
 # Seven patterns, equal parameters (the kNN layer adds 4 gate logits), equal training FLOPs
-# (each pattern's own attention cost: cheap patterns train more steps), on the byte corpus
-# (validation bits per byte at T = 1024) and on associative recall against the distance D
-# between a key and its earlier occurrence (documents of 4 segments of 128: D > 128 is beyond
-# one segment). The table is the stored full run if present, else a seconds-long quick run
-# (tiny sizes: its numbers mean nothing beyond "it runs").
+# (each pattern's own attention cost: cheap patterns train more steps), on three tasks:
+# (a) the byte corpus (validation bits per byte at T = 1024); (b) associative recall, accuracy
+# against the distance D between a key and its only earlier occurrence; (c) selective copying
+# (Gu & Dao 2023): a few data tokens scattered over a span of S blank tokens, then a marker, then
+# the data tokens in order, accuracy against S. In (b) and (c) documents are 5 segments of 64
+# tokens, so D or S > 64 is beyond one segment: only xl's and knn's memories reach it. The table
+# is the stored full run if present, else a seconds-long quick run (tiny sizes: its numbers mean
+# nothing beyond "it runs").
 
 # %%
 import importlib.util  # noqa: E402
