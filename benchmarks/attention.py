@@ -47,6 +47,7 @@ except ImportError:
     torch = None
 
 MB = 1024 * 1024
+DEFAULT_TILES = "default (equal tiles near 128, near 64 when causal)"
 
 
 def measure_time(run, repeats, clock, setup=None):
@@ -186,7 +187,7 @@ def main(argv=None):
     print(f"attention, 1 head, d={args.d}, float32, 1 thread, {args.clock} time in ms "
           f"(best of {args.repeats} for NumPy, of {args.fast_repeats} interleaved rounds for "
           f"Cython and torch); Cython blocks "
-          f"{'Br=%s Bc=%s' % (args.Br, args.Bc) if args.Br else 'default (equal tiles near 128, near 64 when causal)'}; "
+          f"{'Br=%s Bc=%s' % (args.Br, args.Bc) if args.Br else DEFAULT_TILES}; "
           f"torch {'%s' % torch.__version__ if torch is not None else 'not installed'}")
     results = {}
     for causal in (False, True):

@@ -6,8 +6,9 @@
 
 Each framework trains the same architecture with AdamW on random token batches: `default`
 (learned positions, pre-LayerNorm, tanh-GELU MLP, tied head, one qkv product) and `llama` (RoPE,
-RMSNorm, SwiGLU, untied head, no biases, separate q/k/v products). Every measurement is a separate process (thread counts are fixed in its
-environment before NumPy / OpenBLAS / OpenMP / torch load), timing `--steps` steps after 2
+RMSNorm, SwiGLU, untied head, no biases, separate q/k/v products). Every measurement is a
+separate process (thread counts are fixed in its environment before NumPy / OpenBLAS / OpenMP /
+torch load), timing `--steps` steps after 2
 warm-up steps and reporting the median seconds per step. The rounds interleave minitx and
 PyTorch runs of every (config, threads) cell, so a load change on a shared machine hits both;
 the table gives the median over rounds of each framework and of the per-round ratio
@@ -233,7 +234,8 @@ def _kind_torch(name):
         return "Linear (products + bias)"
     for key, kind in (("scaled_dot_product", "attention"), ("gelu", "activation"),
                       ("silu", "activation"), ("layer_norm", "norm"), ("rms_norm", "norm"),
-                      ("log_softmax", "loss"), ("nll_loss", "loss"), ("Optimizer.step", "optimizer")):
+                      ("log_softmax", "loss"), ("nll_loss", "loss"),
+                      ("Optimizer.step", "optimizer")):
         if key in name:
             return kind
     return "other"

@@ -28,8 +28,9 @@ from minitx.attention.naive import naive_backward, naive_forward
 
 IMPLS = ("naive", "flash1", "flash2", "c", "auto")
 
-__all__ = ["scaled_dot_product_attention", "IMPLS", "resolve_impl", "naive_forward", "naive_backward",
-           "flash1_forward", "flash1_backward", "flash2_forward", "flash2_backward"]
+__all__ = ["scaled_dot_product_attention", "IMPLS", "resolve_impl", "naive_forward",
+           "naive_backward", "flash1_forward", "flash1_backward", "flash2_forward",
+           "flash2_backward"]
 
 
 def _c_kernels():

@@ -67,8 +67,9 @@ def tile_for(n, target):
     """Default tile size for a sequence of n: the fewest tiles of at most `target` rows, made
     equal and rounded up to a multiple of 16 (the Cython kernel pads a tile to 16 rows), at
     most n. n = 128, target 96 gives 64 (two full tiles, not 96 + 32 padded to 96)."""
-    count = -(-n // target)
-    return min(n, -(-(-(-n // count)) // 16) * 16)
+    count = -(-n // target)                  # ceil(n / target) tiles
+    size = -(-n // count)                    # as equal as they can be
+    return min(n, -(-size // 16) * 16)       # rounded up to a multiple of 16
 
 
 def default_tiles(Br, Bc, Nq, Nk, skipping):
