@@ -399,6 +399,14 @@ _CHILD = ("import sys; sys.path[:0] = sys.argv[1].split('|'); import adversarial
           "adversarial._child(sys.argv[2], sys.argv[3], int(sys.argv[4]))")
 
 
+def assert_survives(names, timeout=300):
+    """Assert that every adversarial case of the named kernels ran (at least one) and passed."""
+    failures, n = check_kernels(names, timeout)
+    assert n > 0, f"no adversarial cases for {names}"
+    assert not failures, (f"{len(failures)} of {n} adversarial cases fail:\n"
+                          + "\n".join(failures[:25]))
+
+
 def check_kernels(names, timeout=300):
     """Run every case of the named kernels in child processes.
 
