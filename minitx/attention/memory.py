@@ -26,7 +26,7 @@ from minitx.attention import scaled_dot_product_attention as sdpa
 from minitx.autograd import Tensor
 from minitx.ops import cat
 
-__all__ = ["SegmentRecurrence", "segment_attention", "KNNMemory", "knn_attention",
+__all__ = ["SegmentRecurrence", "segment_attention", "KNNMemory", "knn_attention", "gated_mix",
            "MemorizingAttention"]
 
 
@@ -175,6 +175,19 @@ def knn_attention(query, memory, k, scale=None):
     return (p.unsqueeze(-1) * Tensor(Vr.astype(q.dtype))).sum(dim=-2)        # (..., Nq, dv)
 
 
+def gated_mix(gate, retrieved, local):
+    """g * retrieved + (1 - g) * local per head, g = sigmoid(gate) = 1 / (1 + e^-gate).
+
+    Args:
+        gate: (H,) Tensor of gate logits; retrieved, local: (..., H, S, d) Tensors.
+    Returns:
+        Tensor (..., H, S, d), differentiable in all three.
+    """
+    g = ((-gate).exp() + 1.0) ** -1.0                                    # (H,)
+    g = g.to(_data(local).dtype).reshape(-1, 1, 1)                       # (H, 1, 1)
+    return g * retrieved + (1.0 - g) * local
+
+
 class MemorizingAttention:
     """Local causal attention gated with kNN-memory attention, per head (Wu et al. 2022, eq. 2).
 
@@ -195,9 +208,7 @@ class MemorizingAttention:
         """q, k, v: (..., H, S, d) Tensors of one segment -> Tensor (..., H, S, d)."""
         local = sdpa(q, k, v, is_causal=True, impl=self.impl)
         if len(self.memory) >= self.k:
-            g = (-self.gate).exp()                                # sigmoid(b) = 1 / (1 + e^-b)
-            g = ((g + 1.0) ** -1.0).to(_data(q).dtype).reshape(-1, 1, 1)   # (H, 1, 1)
-            out = g * knn_attention(q, self.memory, self.k) + (1.0 - g) * local
+            out = gated_mix(self.gate, knn_attention(q, self.memory, self.k), local)
         else:
             out = local                                        # nothing to retrieve yet
         self.memory.add(k, v)

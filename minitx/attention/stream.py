@@ -29,7 +29,7 @@ g = sigmoid(gate); with fewer than k tokens in memory (a stream's first segments
 import numpy as np
 
 from minitx.attention import scaled_dot_product_attention as sdpa
-from minitx.attention.memory import KNNMemory, knn_attention
+from minitx.attention.memory import KNNMemory, gated_mix, knn_attention
 from minitx.autograd import Tensor
 from minitx.ops import cat
 
@@ -76,10 +76,7 @@ def stream_attention(pattern, cache, q, k, k_raw, v, block_size, rotate, gate=No
         if n >= pattern.params["k"]:
             view = KNNMemory(pattern.params["size"])                   # rotated, read-only view
             view.keys, view.values = mem_k, cache["mem_v"].astype(q.dtype)
-            retrieved = knn_attention(q, view, pattern.params["k"])   # (B, H, Nq, d)
-            g = ((-gate).exp() + 1.0) ** -1.0                          # sigmoid, (H,)
-            g = g.to(q.dtype).reshape(-1, 1, 1)                        # (H, 1, 1)
-            out = g * retrieved + (1.0 - g) * out
+            out = gated_mix(gate, knn_attention(q, view, pattern.params["k"]), out)
     _update(pattern, cache, k_loc.data, k_raw.data, v_loc.data, s, block_size)
     return out
 
