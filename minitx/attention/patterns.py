@@ -203,7 +203,5 @@ class Pattern:
             if self.name == "performer":
                 flops += 2 * 2 * d * m                          # q and k through w (d x m)
             return H * flops
-        if self.name == "xl":
-            M = self.mem_len
         M = self.mem_len                                        # xl: + M cached keys per query
         return dense * (T * M + causal) / causal

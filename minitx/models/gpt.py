@@ -394,9 +394,6 @@ class GPT(Module):
         c = self.config
         n = self.num_params(non_embedding=True)
         T = c.block_size if seq_len is None else seq_len
-        if all(b.attn.pattern.name == "dense" for b in self.blocks):    # exact integers
-            total = 6 * n + 12 * c.n_layer * c.n_head * c.head_dim * T
-            return total if training else total // 3
         attn = sum(b.attn.pattern.attention_flops(T, c.n_head, c.head_dim, training)
                    for b in self.blocks)
         return (6 * n if training else 2 * n) + attn
