@@ -30,7 +30,8 @@ g = rng.standard_normal(1 << 20).astype(np.float32)
 _, so = old_fwd(x)
 _, sn = fa.gelu_forward(x, "none")
 cases = {"old_fwd": lambda: old_fwd(x), "new_fwd": lambda: fa.gelu_forward(x, "none"),
-         "old_bwd": lambda: old_bwd(g, x, so), "new_bwd": lambda: fa.gelu_backward(g, x, sn, "none")}
+         "old_bwd": lambda: old_bwd(g, x, so),
+         "new_bwd": lambda: fa.gelu_backward(g, x, sn, "none")}
 res = {k: [] for k in cases}
 for r in range(int(sys.argv[2]) if len(sys.argv) > 2 else 7):
     for k, f in cases.items():

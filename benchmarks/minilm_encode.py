@@ -8,11 +8,11 @@ and `long` (100-200 words, truncated at 256 tokens). Each measurement is a separ
 with OMP_NUM_THREADS = OPENBLAS_NUM_THREADS = --threads set before NumPy / torch load, and
 times `--repeats` calls of encode(256 sentences, batch 32) after a warm-up call on the first
 batch; a process reports the median of the repeats. The defaults take about 3-4 minutes on a
-quiet 2-core machine (`--backends c,numpy` adds the NumPy reference, about 2 more). Rounds interleave minitx and PyTorch, so a load change on
-a shared machine hits both; the table gives medians over rounds and the median of the
-per-round ratios (PyTorch time / minitx time: above 1 means minitx is faster). On one thread
-the ratio of process CPU times is the one to read on a loaded machine (wall time includes
-waiting for a core); both are printed.
+quiet 2-core machine (`--backends c,numpy` adds the NumPy reference, about 2 more). Rounds
+interleave minitx and PyTorch, so a load change on a shared machine hits both; the table gives
+medians over rounds and the median of the per-round ratios (PyTorch time / minitx time: above 1
+means minitx is faster). On one thread the ratio of process CPU times is the one to read on a
+loaded machine (wall time includes waiting for a core); both are printed.
 
 Both sides do the whole encode: tokenization (minitx's WordPiece in Python; the Rust "fast"
 tokenizer of transformers), the 6-layer encoder, mean pooling over the attention mask and L2

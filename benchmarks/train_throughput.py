@@ -246,7 +246,6 @@ def _by_op(cfg, batches, rounds=3):
     of alternating steps, summed per op kind; medians over `rounds` steps of each."""
     import collections
     import minitx
-    import torch
     from torch.profiler import profile as torch_profile
     mstep, tstep = _minitx_step(cfg, batches), _torch_step(cfg, batches, 1)
     for _ in range(2):
@@ -356,7 +355,8 @@ def main(argv=None):
                     ratios = [p / m for m, p in zip(mx, pt)]       # per round: minitx / torch
                     up_pt = (f"{med[(c, 1, 'torch')] / med[(c, t, 'torch')]:.2f}x"
                              if (c, 1, "torch") in med else "-")
-                    print(f"| {c} | {k[7:]} | {t} | {mx_tok:,.0f} | {tokens / med[(c, t, 'torch')]:,.0f}"
+                    pt_tok = tokens / med[(c, t, "torch")]
+                    print(f"| {c} | {k[7:]} | {t} | {mx_tok:,.0f} | {pt_tok:,.0f}"
                           f" | {statistics.median(ratios):.2f} | {min(ratios):.2f} - "
                           f"{max(ratios):.2f} | {up} | {up_pt} |")
                 else:

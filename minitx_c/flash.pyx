@@ -309,7 +309,7 @@ cdef void _fwd(const Shape *s, const real *q, const real *k, const real *v, cons
         i = task % s.Tr                                       # Alg1 l.3, in parallel
         h = (task // s.Tr) % s.Hq
         b = task // (s.Tr * s.Hq)
-        hk = h // s.G                                         # GQA: query head h uses KV head h // G
+        hk = h // s.G                                 # GQA: query head h uses KV head h // G
         biash = NULL
         if bias != NULL:
             biash = bias + ((b if s.Bb > 1 else 0) * s.Hb + (h if s.Hb > 1 else 0)) * Nq * Nk
@@ -477,8 +477,8 @@ cdef void _bwd_kv_head(const Shape *s, Py_ssize_t b, Py_ssize_t hk, const real *
             layh = s.layout + (h if s.Hl > 1 else 0) * s.Tr * s.Tc
         memset(Qp, 0, 5 * qsize * sizeof(real))               # Qp, QTp, dOp, dOTp, dQT
         memset(qbad, 0, 2 * s.Tr * Brp * sizeof(real))        # qbad, dobad
-        _pack_rows(qh, Nq, d, s.Br, Brp, dp, <real>s.scale, Qp,         # Q_i scaled: S = (scale Q) K^T
-                   qbad if s.nonfinite else NULL)                       # (Q rows feed dK: flagged)
+        _pack_rows(qh, Nq, d, s.Br, Brp, dp, <real>s.scale, Qp,   # Q_i scaled: S = (scale Q) K^T
+                   qbad if s.nonfinite else NULL)                 # (Q rows feed dK: flagged)
         _pack_cols(qh, Nq, d, s.Br, Brp, dp, <real>s.scale, QTp, NULL)
         _pack_rows(doh, Nq, d, s.Br, Brp, dp, <real>1, dOp,             # (dO rows feed dV: flagged)
                    dobad if s.nonfinite else NULL)

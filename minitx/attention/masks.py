@@ -161,7 +161,7 @@ def matmul_allowed(A, B, ok=None):
     fin = np.isfinite(B)
     if fin.all():
         return matmul(A, B)
-    out = matmul(A, np.where(fin, B, 0))                              # (..., R, d) finite part
+    out = matmul(A, np.where(fin, B, 0))                       # (..., R, d) finite part
     axes = tuple(range(B.ndim - 2)) + (B.ndim - 1,)
     bad = np.flatnonzero(~fin.all(axis=axes))                  # columns c with a non-finite B_c
     Bbad = np.where(fin, 0, B)[..., bad, :]                    # (..., nb, d)

@@ -10,11 +10,11 @@ out of every product (masks.matmul_allowed), so NaN spreads only from allowed pa
 """
 import numpy as np
 
-from minitx.backend import matmul
-
-from minitx.attention.checks import check_block_size, check_layout, check_qkv, group_bias, group_heads
+from minitx.attention.checks import (check_block_size, check_layout, check_qkv, group_bias,
+                                     group_heads)
 from minitx.attention.masks import (layout_heads, layout_to_mask, matmul_allowed, resolve_window,
                                     tile_allowed, tile_kind)
+from minitx.backend import matmul
 
 
 def naive_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None,
@@ -37,7 +37,7 @@ def naive_forward(q, k, v, bias=None, scale=None, is_causal=False, window=None,
     qg = group_heads(q, Hkv)                                   # (B, Hkv, G, Nq, d)
     kg, vg = k[:, :, None], v[:, :, None]                      # (B, Hkv, 1, Nk, d)
     ok = _allowed_pairs(bias, Hq, Hkv, Nq, Nk, is_causal, window, block_layout, block_size)
-    S = scale * matmul(qg, kg.swapaxes(-1, -2))                     # (B, Hkv, G, Nq, Nk)
+    S = scale * matmul(qg, kg.swapaxes(-1, -2))                # (B, Hkv, G, Nq, Nk)
     if bias is not None:
         S = S + group_bias(bias, Hkv)
     if ok is not None:
@@ -75,7 +75,7 @@ def naive_backward(q, k, v, P, do, scale=None, dropout_mask=None, bias=None, is_
     kg, vg = k[:, :, None], v[:, :, None]                      # (B, Hkv, 1, Nk, d)
     Zg = 1 if dropout_mask is None else group_heads(dropout_mask, Hkv)
     dv = matmul_allowed((Pg * Zg).swapaxes(-1, -2), dog, okT).sum(axis=2)  # (B, Hkv, Nk, d)
-    dP = matmul(dog, vg.swapaxes(-1, -2)) * Zg                      # (B, Hkv, G, Nq, Nk)
+    dP = matmul(dog, vg.swapaxes(-1, -2)) * Zg                 # (B, Hkv, G, Nq, Nk)
     dPP = dP * Pg if ok is None else np.where(ok, dP * Pg, 0.0)
     dS = Pg * (dP - dPP.sum(axis=-1, keepdims=True))           # softmax backward
     if ok is not None:
@@ -97,5 +97,6 @@ def _allowed_pairs(bias, Hq, Hkv, Nq, Nk, is_causal, window, block_layout, block
     if block_layout is not None:
         check_block_size(block_size)
         lay = check_layout(block_layout, Hq, Nq, Nk, block_size, block_size)
-        heads = layout_heads(layout_to_mask(lay, block_size, Nq, Nk), Hkv)  # (1, Hkv|1, G|1, Nq, Nk)
+        mask = layout_to_mask(lay, block_size, Nq, Nk)
+        heads = layout_heads(mask, Hkv)                        # (1, Hkv|1, G|1, Nq, Nk)
     return tile_allowed(group_bias(bias, Hkv), 0, Nq, 0, Nk, kind, Nq, Nk, left, right, heads)
