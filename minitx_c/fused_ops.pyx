@@ -2,9 +2,10 @@
 """Cython twins of `minitx/kernels/fused_ops.py`: fused cross-entropy, the AdamW update, RoPE.
 
 Same names, signatures, validation (the reference's own `check_*`, before the GIL is released)
-and operation order as the NumPy twins. Rows (cross-entropy) or blocks of elements (AdamW) run
-in parallel with OpenMP above a size threshold, serially below it (a parallel region costs
-microseconds). This extension is compiled with -ffp-contract=off (setup.py): a fused multiply-add
+and operation order as the NumPy twins (except cross-entropy's float32 rows with a finite max:
+vectorised exp and a float32 lane sum, _ce_row_f32). Rows (cross-entropy, RoPE) or blocks of
+elements (AdamW) run in parallel with OpenMP above a size threshold, serially below it (a
+parallel region costs microseconds). This extension is compiled with -ffp-contract=off (setup.py): a fused multiply-add
 would round `m * b1 + (1 - b1) * g` once instead of twice and break AdamW's bit-identity with
 NumPy.
 """

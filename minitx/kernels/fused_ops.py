@@ -9,7 +9,9 @@ cross_entropy_fused: the loss and its gradient from one pass over each row of lo
     dlogits[r, :] = softmax(x[r]) - onehot(t[r])          (0 for a row whose target is ignored)
 The gradient is computed in the forward pass, so the backward only scales it: no log-probability
 array is kept, and the only (N, V) array made is the gradient itself. The twin walks the rows in
-blocks of ROWS_PER_BLOCK so its temporaries stay small; the C kernel walks them one by one.
+blocks of ROWS_PER_BLOCK so its temporaries stay small; the C kernel walks them one by one, and
+on float32 rows with a finite max computes exp and the row sum in SIMD float32 lanes (equal to
+the twin within the tests' tolerance, not bit for bit; AdamW and RoPE are bit-equal).
 
 rope_rotate: rotary position embedding (Su et al. 2021, arXiv 2104.09864), rotate-half pairing:
     (x1, x2) = (x[..., :d/2], x[..., d/2:]),  y = (x1 cos - x2 sin, x1 sin + x2 cos)
