@@ -20,14 +20,13 @@ reported as that case's failure, and a new child continues with the next case.
 
 Registering a kernel:
 
-    from adversarial import Kernel, register, check_kernels
-    register(Kernel("my_op", c="minitx_c:my_op", twin="minitx.kernels.x:my_op",
+    from adversarial import Kernel, register, assert_survives
+    register(Kernel("my_op",              # minitx_c.my_op and its twin in backend.TWINS
                     make=lambda rng, n: dict(x=rng.standard_normal((3, n)).astype(np.float32)),
                     dims=[dict(n=5), dict(n=0)], tol={np.float32: (1e-5, 1e-6)}))
 
     def test_my_op_adversarial():
-        failures, _ = check_kernels(["my_op"])
-        assert not failures, "\\n".join(failures)
+        assert_survives(["my_op"])
 """
 import importlib
 import importlib.util
@@ -55,7 +54,9 @@ class Kernel:
 
     Args:
         name: registry key (usually the function's name).
-        c, twin: the functions, or "module:attr" strings imported when first called.
+        c, twin: the functions, or "module:attr" strings imported when first called. Left out,
+            they follow from `name` as minitx.backend does: minitx_c.<name> and the module
+            backend.TWINS gives for it.
         make: make(rng, **dims) -> dict of VALID keyword arguments; its ndarray values are the
             arrays the harness varies (others, like eps or is_causal, are passed as they are).
         dims: shape variants, each a dict of keyword arguments for `make` (include zero sizes).
@@ -66,9 +67,9 @@ class Kernel:
         skip: names of arguments not to vary (e.g. an index array with a fixed meaning).
     """
     name: str
-    c: object
-    twin: object
-    make: object
+    c: object = None
+    twin: object = None
+    make: object = None
     dims: list = field(default_factory=lambda: [{}])
     out: object = None
     out_name: str = "out"
@@ -76,6 +77,13 @@ class Kernel:
     skip: tuple = ()
 
     def __post_init__(self):
+        from minitx.backend import TWINS
+        if self.make is None:
+            raise TypeError(f"Kernel {self.name!r} needs make=")
+        if self.c is None:
+            self.c = f"minitx_c:{self.name}"
+        if self.twin is None:
+            self.twin = f"{TWINS[self.name]}:{self.name}"
         self.source = os.path.abspath(inspect.getfile(self.make))   # re-imported by children
 
 

@@ -36,7 +36,7 @@ def out_matmul(kw):
 
 
 register(Kernel(
-    "matmul", c="minitx_c:matmul", twin="minitx.kernels.gemm:matmul", make=make_matmul,
+    "matmul", make=make_matmul,
     out=out_matmul, tol=TOL_GEMM,
     dims=[dict(a=(5, 7), b=(7, 9)), dict(a=(13, 20), b=(20, 17)),
           dict(a=(7, 7), b=(7, 7), accumulate=True), dict(a=(2, 5, 7), b=(7, 9)),
@@ -62,8 +62,7 @@ def make_matmul_int8(rng, a, b):
 
 
 register(Kernel(
-    "matmul_int8", c="minitx_c:matmul_int8", twin="minitx.kernels.int8:matmul_int8",
-    make=make_matmul_int8,
+    "matmul_int8", make=make_matmul_int8,
     dims=[dict(a=(5, 7), b=(7, 9)), dict(a=(13, 33), b=(33, 17)), dict(a=(2, 5, 7), b=(7, 9)),
           dict(a=(0, 7), b=(7, 9)), dict(a=(5, 0), b=(0, 9)), dict(a=(5, 7), b=(7, 0))]))
 
@@ -86,10 +85,8 @@ def make_linear_w4(rng, M, K, N, group_size=None, bias=True):
 QLINEAR_DIMS = [dict(M=(3,), K=16, N=8), dict(M=(13,), K=16, N=9, group_size=4),
                 dict(M=(2, 3), K=8, N=5, bias=False), dict(M=(3,), K=0, N=4),
                 dict(M=(0,), K=16, N=4), dict(M=(3,), K=16, N=0), dict(M=(), K=16, N=4)]
-register(Kernel("linear_w8", c="minitx_c:linear_w8", twin="minitx.kernels.int8:linear_w8",
-                make=make_linear_w8, dims=QLINEAR_DIMS, tol=TOL_GEMM))
-register(Kernel("linear_w4", c="minitx_c:linear_w4", twin="minitx.kernels.int8:linear_w4",
-                make=make_linear_w4, dims=QLINEAR_DIMS, tol=TOL_GEMM))
+register(Kernel("linear_w8", make=make_linear_w8, dims=QLINEAR_DIMS, tol=TOL_GEMM))
+register(Kernel("linear_w4", make=make_linear_w4, dims=QLINEAR_DIMS, tol=TOL_GEMM))
 
 
 # ------------------------------------------------------------------------- row kernels
@@ -99,9 +96,7 @@ def make_softmax(rng, shape, dtype=np.float32):
 
 ROW_DIMS = [dict(shape=(4, 7)), dict(shape=(2, 3, 5), dtype=np.float64), dict(shape=(0, 7)),
             dict(shape=(7,)), dict(shape=(4, 0))]
-register(Kernel("softmax_lastdim", c="minitx_c:softmax_lastdim",
-                twin="minitx.kernels.fused:softmax_lastdim", make=make_softmax, dims=ROW_DIMS,
-                tol=TOL_ROWS))
+register(Kernel("softmax_lastdim", make=make_softmax, dims=ROW_DIMS, tol=TOL_ROWS))
 
 
 def make_ln_forward(rng, shape, dtype=np.float32, affine=True):
@@ -121,12 +116,8 @@ def make_ln_backward(rng, shape, dtype=np.float32, affine=True):
 
 
 LN_DIMS = ROW_DIMS + [dict(shape=(3, 6), affine=False)]
-register(Kernel("layer_norm_forward", c="minitx_c:layer_norm_forward",
-                twin="minitx.kernels.fused:layer_norm_forward", make=make_ln_forward,
-                dims=LN_DIMS, tol=TOL_ROWS))
-register(Kernel("layer_norm_backward", c="minitx_c:layer_norm_backward",
-                twin="minitx.kernels.fused:layer_norm_backward", make=make_ln_backward,
-                dims=LN_DIMS, tol=TOL_ROWS))
+register(Kernel("layer_norm_forward", make=make_ln_forward, dims=LN_DIMS, tol=TOL_ROWS))
+register(Kernel("layer_norm_backward", make=make_ln_backward, dims=LN_DIMS, tol=TOL_ROWS))
 
 
 # --------------------------------------------------------------------------- attention
@@ -147,12 +138,8 @@ def make_flash_backward(rng, **dims):
 
 FLASH_DIMS = [dict(), dict(Hkv=2, bias=True), dict(is_causal=True, dtype=np.float64),
               dict(Nq=0), dict(Nk=0)]
-register(Kernel("flash2_forward", c="minitx_c:flash2_forward",
-                twin="minitx.attention.flash2:flash2_forward", make=make_flash_forward,
-                dims=FLASH_DIMS, tol=TOL_ATTN))
-register(Kernel("flash2_backward", c="minitx_c:flash2_backward",
-                twin="minitx.attention.flash2:flash2_backward", make=make_flash_backward,
-                dims=FLASH_DIMS[:3], tol=TOL_ATTN))
+register(Kernel("flash2_forward", make=make_flash_forward, dims=FLASH_DIMS, tol=TOL_ATTN))
+register(Kernel("flash2_backward", make=make_flash_backward, dims=FLASH_DIMS[:3], tol=TOL_ATTN))
 
 
 # ------------------------------------------- the harness must catch broken kernels (self-test)

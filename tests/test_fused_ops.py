@@ -204,8 +204,7 @@ def make_cross_entropy(rng, N, C, dtype=np.float32):
                 ignore_index=-100)
 
 
-register(Kernel("cross_entropy_fused", c="minitx_c:cross_entropy_fused",
-                twin="minitx.kernels.fused_ops:cross_entropy_fused", make=make_cross_entropy,
+register(Kernel("cross_entropy_fused", make=make_cross_entropy,
                 dims=[dict(N=5, C=7), dict(N=4, C=9, dtype=np.float64), dict(N=0, C=7),
                       dict(N=3, C=1)],
                 tol={np.float32: TOL[np.float32], np.float64: TOL[np.float64]}))
@@ -324,8 +323,7 @@ def make_rope(rng, B, T, h, dtype=np.float32):
     return dict(x=x, cos=c, sin=s)
 
 
-register(Kernel("rope_rotate", c="minitx_c:rope_rotate",
-                twin="minitx.kernels.fused_ops:rope_rotate", make=make_rope,
+register(Kernel("rope_rotate", make=make_rope,
                 dims=[dict(B=3, T=5, h=4), dict(B=2, T=3, h=2, dtype=np.float64),
                       dict(B=0, T=3, h=2), dict(B=2, T=0, h=1)]))
 

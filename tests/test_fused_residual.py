@@ -180,18 +180,10 @@ def make_add_rms_backward(rng, shape, dtype=np.float32, affine=True):
 DIMS = [dict(shape=(4, 7)), dict(shape=(2, 3, 5), dtype=np.float64), dict(shape=(0, 7)),
         dict(shape=(7,)), dict(shape=(3, 6), affine=False)]
 ADVERSARIAL = [
-    Kernel("add_layer_norm_forward", c="minitx_c:add_layer_norm_forward",
-           twin="minitx.kernels.fused_residual:add_layer_norm_forward", make=make_add_ln_forward,
-           dims=DIMS, tol=TOL_ROWS),
-    Kernel("add_layer_norm_backward", c="minitx_c:add_layer_norm_backward",
-           twin="minitx.kernels.fused_residual:add_layer_norm_backward", make=make_add_ln_backward,
-           dims=DIMS, tol=TOL_ROWS),
-    Kernel("add_rms_norm_forward", c="minitx_c:add_rms_norm_forward",
-           twin="minitx.kernels.fused_residual:add_rms_norm_forward", make=make_add_rms_forward,
-           dims=DIMS, tol=TOL_ROWS),
-    Kernel("add_rms_norm_backward", c="minitx_c:add_rms_norm_backward",
-           twin="minitx.kernels.fused_residual:add_rms_norm_backward", make=make_add_rms_backward,
-           dims=DIMS, tol=TOL_ROWS),
+    Kernel("add_layer_norm_forward", make=make_add_ln_forward, dims=DIMS, tol=TOL_ROWS),
+    Kernel("add_layer_norm_backward", make=make_add_ln_backward, dims=DIMS, tol=TOL_ROWS),
+    Kernel("add_rms_norm_forward", make=make_add_rms_forward, dims=DIMS, tol=TOL_ROWS),
+    Kernel("add_rms_norm_backward", make=make_add_rms_backward, dims=DIMS, tol=TOL_ROWS),
 ]
 for _k in ADVERSARIAL:
     register(_k)
